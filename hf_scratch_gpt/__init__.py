@@ -1,0 +1,40 @@
+"""The GPT of "Build a Large Language Model (From Scratch)" as a first-class transformers model.
+
+Importing the package registers the model with transformers' Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_scratch_gpt import ScratchGPTConfig
+from .convert import from_gpt2, to_gpt2
+from .modeling_scratch_gpt import (
+    ScratchGPTForCausalLM,
+    ScratchGPTForSequenceClassification,
+    ScratchGPTModel,
+    ScratchGPTPreTrainedModel,
+)
+
+AutoConfig.register(ScratchGPTConfig.model_type, ScratchGPTConfig, exist_ok=True)
+ScratchGPTConfig.register_for_auto_class()
+for _auto, _model in (
+    (AutoModel, ScratchGPTModel),
+    (AutoModelForCausalLM, ScratchGPTForCausalLM),
+    (AutoModelForSequenceClassification, ScratchGPTForSequenceClassification),
+):
+    _auto.register(ScratchGPTConfig, _model, exist_ok=True)
+    _model.register_for_auto_class(_auto.__name__)
+
+__all__ = [
+    "ScratchGPTConfig",
+    "ScratchGPTPreTrainedModel",
+    "ScratchGPTModel",
+    "ScratchGPTForCausalLM",
+    "ScratchGPTForSequenceClassification",
+    "from_gpt2",
+    "to_gpt2",
+]

@@ -1,0 +1,173 @@
+"""The `hf-scratch-gpt` command: a thin shell over the Python API.
+
+Each subcommand declares its flags as a dataclass read by `HfArgumentParser`. Errors print one
+line and exit non-zero (`--debug` shows the traceback).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+
+@dataclass
+class GenerateArguments:
+    prompt: str = field(default="Every effort moves you", metadata={"help": "Text to continue."})
+    max_new_tokens: int = field(default=50, metadata={"help": "How many tokens to add."})
+    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; above 0 samples."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens only."})
+    top_p: float | None = field(default=None, metadata={"help": "Sample from the smallest set with this mass."})
+    stream: bool = field(default=False, metadata={"help": "Print tokens as they are generated."})
+    seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+
+
+def generate_command(args: GenerateArguments, model_dir: str | None) -> None:
+    """Continue a prompt with a saved model, or with a fresh untrained tiny model when none is given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
+    set_seed(args.seed)
+    if model_dir is None:
+        model, tokenizer = _fresh_tiny_model()
+    else:
+        _require_model_dir(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    sampling = args.temperature > 0
+    streamer = TextStreamer(tokenizer, skip_prompt=False) if args.stream else None
+    with torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=sampling,
+            temperature=args.temperature if sampling else None,
+            top_k=args.top_k if sampling else None,
+            top_p=args.top_p if sampling else None,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            streamer=streamer,
+        )
+    if streamer is None:
+        print(tokenizer.decode(output[0], skip_special_tokens=True))
+
+
+def _fresh_tiny_model():
+    """An untrained 2-layer model and a byte tokenizer: checks that the install works, nothing more."""
+    from .configuration_scratch_gpt import ScratchGPTConfig
+    from .modeling_scratch_gpt import ScratchGPTForCausalLM
+    from .tokenization import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = ScratchGPTConfig(
+        vocab_size=len(tokenizer), context_length=256, emb_dim=64, n_heads=4, n_layers=2,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    print("No MODEL_DIR given: using a freshly initialised, untrained tiny model (expect noise).", file=sys.stderr)
+    return ScratchGPTForCausalLM(config).eval(), tokenizer
+
+
+def convert_command(source: str, destination: str) -> None:
+    """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .convert import from_gpt2, to_gpt2
+
+    model_type = AutoConfig.from_pretrained(source).model_type
+    if model_type == "gpt2":
+        converted = from_gpt2(source)
+    elif model_type == "scratch_gpt":
+        converted = to_gpt2(AutoModelForCausalLM.from_pretrained(source))
+    else:
+        raise ValueError(f"{source} holds a {model_type!r} model; convert reads 'gpt2' or 'scratch_gpt' checkpoints.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        tokenizer = None  # a bare checkpoint: convert the weights alone
+    with _atomic_output_dir(destination) as staging:
+        converted.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    print(f"Saved {type(converted).__name__} to {destination}")
+
+
+def _require_model_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        raise ValueError(f"Model folder {path!r} does not exist; give a folder written by save_pretrained.")
+
+
+class _atomic_output_dir:
+    """Write into a sibling temporary folder and rename it into place at the end, so a failure
+    leaves no half-written output. Refuses to replace an existing non-empty folder."""
+
+    def __init__(self, destination: str):
+        self.destination = Path(destination)
+
+    def __enter__(self) -> str:
+        if self.destination.exists() and (not self.destination.is_dir() or any(self.destination.iterdir())):
+            raise ValueError(f"Output {str(self.destination)!r} already exists and is not an empty folder.")
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent)
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return False
+        if self.destination.exists():
+            self.destination.rmdir()
+        os.replace(self.staging, self.destination)
+        return False
+
+
+# name: (positional arguments, flags dataclass or None, function(flags..., *positionals), help)
+COMMANDS = {
+    "generate": (
+        [("model_dir", {"nargs": "?", "help": "Saved model folder (omit for an untrained tiny model)."})],
+        GenerateArguments,
+        generate_command,
+        "Continue a prompt with a saved model.",
+    ),
+    "convert": (
+        [("source", {"help": "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."}), ("destination", {"help": "Output folder."})],
+        None,
+        convert_command,
+        "Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).",
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        print(f"usage: hf-scratch-gpt {{{names}}} ... [--debug]  (hf-scratch-gpt COMMAND --help for its flags)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    positionals, flags, function, help_text = COMMANDS[name]
+    parser = HfArgumentParser([] if flags is None else [flags], prog=f"hf-scratch-gpt {name}", description=help_text)
+    for arg_name, options in positionals:
+        parser.add_argument(arg_name, **options)
+    *parsed, extra = parser.parse_args_into_dataclasses(rest)
+    try:
+        function(*parsed, *(getattr(extra, arg_name) for arg_name, _ in positionals))
+    except Exception as error:  # the CLI's contract: one line, no traceback unless --debug
+        if debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"hf-scratch-gpt {name}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Configuration of the book's GPT, with the book's field names.
+
+This file travels with every checkpoint as remote code: it imports only transformers.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+@strict
+class ScratchGPTConfig(PreTrainedConfig):
+    r"""
+    The shape of the GPT of "Build a Large Language Model (From Scratch)". Defaults are GPT-2 124M.
+
+    Args:
+        vocab_size (`int`): number of token ids the embedding and output head know.
+        context_length (`int`): longest sequence the position embedding covers (`max_position_embeddings`).
+        emb_dim (`int`): width of every hidden state (`hidden_size`).
+        n_heads (`int`): attention heads per block; must divide `emb_dim` (`num_attention_heads`).
+        n_layers (`int`): number of transformer blocks (`num_hidden_layers`).
+        drop_rate (`float`): dropout on embeddings, attention weights and both residual branches.
+        qkv_bias (`bool`): whether the query/key/value projection has a bias (GPT-2 has one, the book's
+            from-scratch model does not).
+        layer_norm_epsilon (`float`): epsilon of every LayerNorm.
+        initializer_range (`float`): standard deviation of the normal initialisation.
+        tie_word_embeddings (`bool`): share the token embedding with the output head.
+        pad_token_id / bos_token_id / eos_token_id: special token ids, or `None`.
+        use_cache (`bool`): whether inference returns a key/value cache for fast decoding.
+    """
+
+    model_type = "scratch_gpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "emb_dim",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "max_position_embeddings": "context_length",
+    }
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float | int = 0.1
+    qkv_bias: bool = False
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            _require(name, getattr(self, name), getattr(self, name) > 0, "must be a positive integer")
+        _require(
+            "emb_dim", self.emb_dim, self.emb_dim % self.n_heads == 0,
+            f"must be divisible by n_heads={self.n_heads} (each head gets emb_dim // n_heads dimensions)",
+        )
+        _require("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "must be in [0, 1)")
+        _require("layer_norm_epsilon", self.layer_norm_epsilon, self.layer_norm_epsilon > 0, "must be > 0")
+        _require("initializer_range", self.initializer_range, self.initializer_range > 0, "must be > 0")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) else [] if value is None else [value]
+            _require(
+                name, value, all(0 <= i < self.vocab_size for i in ids),
+                f"must be None or token ids in [0, vocab_size={self.vocab_size})",
+            )
+
+
+def _require(field: str, value, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"ScratchGPTConfig.{field}={value!r} is invalid: {field} {rule}.")
+
+
+__all__ = ["ScratchGPTConfig"]

@@ -1,0 +1,147 @@
+"""GPT-2 <-> ScratchGPT, weight for weight (chapter 5's `load_weights_into_gpt`, both ways).
+
+GPT-2 stores its linear layers as `Conv1D` with (in, out) weights; ours are `nn.Linear` with
+(out, in), so every projection is transposed. Nothing else changes: the round trip is exact.
+"""
+
+import os
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .configuration_scratch_gpt import ScratchGPTConfig
+from .modeling_scratch_gpt import ScratchGPTForCausalLM
+
+# (ours, GPT-2's, transposed?) inside each block
+_BLOCK_PARAMS = [
+    ("norm1.weight", "ln_1.weight", False),
+    ("norm1.bias", "ln_1.bias", False),
+    ("att.qkv.weight", "attn.c_attn.weight", True),
+    ("att.qkv.bias", "attn.c_attn.bias", False),
+    ("att.out_proj.weight", "attn.c_proj.weight", True),
+    ("att.out_proj.bias", "attn.c_proj.bias", False),
+    ("norm2.weight", "ln_2.weight", False),
+    ("norm2.bias", "ln_2.bias", False),
+    ("ff.fc_in.weight", "mlp.c_fc.weight", True),
+    ("ff.fc_in.bias", "mlp.c_fc.bias", False),
+    ("ff.fc_out.weight", "mlp.c_proj.weight", True),
+    ("ff.fc_out.bias", "mlp.c_proj.bias", False),
+]
+
+
+def _param_map(n_layers: int, tied: bool) -> list[tuple[str, str, bool]]:
+    """Every (ScratchGPTForCausalLM key, GPT2LMHeadModel key, transposed?) pair."""
+    pairs = [
+        ("model.tok_emb.weight", "transformer.wte.weight", False),
+        ("model.pos_emb.weight", "transformer.wpe.weight", False),
+        ("model.final_norm.weight", "transformer.ln_f.weight", False),
+        ("model.final_norm.bias", "transformer.ln_f.bias", False),
+    ]
+    for i in range(n_layers):
+        pairs += [(f"model.trf_blocks.{i}.{ours}", f"transformer.h.{i}.{theirs}", t) for ours, theirs, t in _BLOCK_PARAMS]
+    if not tied:
+        pairs.append(("out_head.weight", "lm_head.weight", False))
+    return pairs
+
+
+def _check_gpt2_config(config) -> None:
+    """Refuse what our architecture cannot represent, rather than converting it wrongly."""
+    if getattr(config, "model_type", None) != "gpt2":
+        raise ValueError(
+            f"Expected a GPT-2 checkpoint (model_type 'gpt2'), got model_type "
+            f"{getattr(config, 'model_type', None)!r}; only the GPT-2 family (gpt2 ... gpt2-xl, distilgpt2) converts."
+        )
+    unsupported = {
+        "activation_function": (config.activation_function, config.activation_function in ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (config.n_inner, config.n_inner in (None, 4 * config.n_embd)),
+        "scale_attn_weights": (config.scale_attn_weights, config.scale_attn_weights),
+        "scale_attn_by_inverse_layer_idx": (config.scale_attn_by_inverse_layer_idx, not config.scale_attn_by_inverse_layer_idx),
+        "add_cross_attention": (config.add_cross_attention, not config.add_cross_attention),
+    }
+    for name, (value, ok) in unsupported.items():
+        if not ok:
+            raise ValueError(f"GPT-2 config has {name}={value!r}, which ScratchGPT's architecture does not have.")
+
+
+def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
+    """A `ScratchGPTForCausalLM` with the weights of a `GPT2LMHeadModel`, or of a GPT-2 folder or Hub id."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        _check_gpt2_config(AutoConfig.from_pretrained(model_or_path))
+        gpt2 = GPT2LMHeadModel.from_pretrained(model_or_path, **from_pretrained_kwargs)
+    elif isinstance(model_or_path, GPT2LMHeadModel):
+        gpt2 = model_or_path
+    else:
+        raise ValueError(
+            f"from_gpt2 takes a GPT2LMHeadModel or a path / Hub id of one, got {type(model_or_path).__name__}."
+        )
+    c = gpt2.config
+    _check_gpt2_config(c)
+    config = ScratchGPTConfig(
+        vocab_size=c.vocab_size,
+        context_length=c.n_positions,
+        emb_dim=c.n_embd,
+        n_heads=c.n_head,
+        n_layers=c.n_layer,
+        drop_rate=c.resid_pdrop,
+        qkv_bias=True,
+        layer_norm_epsilon=c.layer_norm_epsilon,
+        initializer_range=c.initializer_range,
+        tie_word_embeddings=c.tie_word_embeddings,
+        pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+    )
+    model = ScratchGPTForCausalLM(config).to(gpt2.dtype)
+    theirs = gpt2.state_dict()
+    state = {ours: theirs[key].t() if t else theirs[key] for ours, key, t in _param_map(c.n_layer, c.tie_word_embeddings)}
+    _load_exactly(model, state)
+    model.generation_config = gpt2.generation_config
+    return model.train(gpt2.training)
+
+
+def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
+    """A `GPT2LMHeadModel` with the weights of a `ScratchGPTForCausalLM`."""
+    if not isinstance(model, ScratchGPTForCausalLM):
+        raise ValueError(f"to_gpt2 takes a ScratchGPTForCausalLM, got {type(model).__name__}.")
+    c = model.config
+    config = GPT2Config(
+        vocab_size=c.vocab_size,
+        n_positions=c.context_length,
+        n_embd=c.emb_dim,
+        n_head=c.n_heads,
+        n_layer=c.n_layers,
+        activation_function="gelu_new",
+        resid_pdrop=c.drop_rate,
+        embd_pdrop=c.drop_rate,
+        attn_pdrop=c.drop_rate,
+        layer_norm_epsilon=c.layer_norm_epsilon,
+        initializer_range=c.initializer_range,
+        tie_word_embeddings=c.tie_word_embeddings,
+        pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+    )
+    gpt2 = GPT2LMHeadModel(config).to(model.dtype)
+    ours = model.state_dict()
+    state = {}
+    for our_key, key, t in _param_map(c.n_layers, c.tie_word_embeddings):
+        tensor = ours[our_key]
+        state[key] = tensor.t() if t else tensor
+    if not c.qkv_bias:  # GPT-2 always has a query/key/value bias: zero is the same function
+        for i in range(c.n_layers):
+            state[f"transformer.h.{i}.attn.c_attn.bias"] = torch.zeros(3 * c.emb_dim, dtype=model.dtype)
+    _load_exactly(gpt2, state)
+    gpt2.generation_config = model.generation_config
+    return gpt2.train(model.training)
+
+
+def _load_exactly(model, state: dict) -> None:
+    """Copy `state` into `model`, insisting that every parameter is covered (tied copies aside)."""
+    missing, unexpected = model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if model.config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"Weight conversion left parameters unset {missing} or unused {unexpected}.")
+    model.tie_weights()

@@ -1,0 +1,398 @@
+"""The GPT of "Build a Large Language Model (From Scratch)", written out as a transformers model.
+
+Read top to bottom in the book's order: attention, feed-forward, transformer block, the model
+(token + position embeddings, blocks, final norm), then the heads. Shapes in comments use
+b = batch, n = new tokens, k = tokens attended to (cached + new), h = heads, d = head size.
+
+This file travels with every checkpoint as remote code: it imports only torch, transformers and
+its configuration file.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import can_return_tuple
+
+from .configuration_scratch_gpt import ScratchGPTConfig
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Scaled dot-product attention written out, as in chapter 3; returns (context, attention weights).
+
+    `attention_mask` is whatever transformers' mask builder made: an additive float mask (eager), a
+    boolean keep-mask (sdpa), or None for a plain causal mask, which we then build as the book does.
+    """
+    attn_scores = query @ key.transpose(2, 3) * scaling  # (b, h, n, k)
+    if attention_mask is None:  # the book's triangular mask; the offset lets cached queries see the past
+        n, k = attn_scores.shape[-2:]
+        keep = torch.ones(n, k, dtype=torch.bool, device=attn_scores.device).tril(diagonal=k - n)
+        attention_mask = keep
+    if attention_mask.dtype == torch.bool:
+        attn_scores = attn_scores.masked_fill(~attention_mask, torch.finfo(attn_scores.dtype).min)
+    else:
+        attn_scores = attn_scores + attention_mask
+    attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    context = (attn_weights @ value).transpose(1, 2)  # (b, n, h, d)
+    return context, attn_weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention. Query, key and value come from one fused projection (one
+    matmul instead of three); the attention itself is ours (eager) or any transformers backend."""
+
+    def __init__(self, config: ScratchGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.n_heads
+        self.head_dim = config.emb_dim // config.n_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.drop_rate
+        self.is_causal = True  # read by the sdpa / flash backends
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # W_query|W_key|W_value
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
+        b, n, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, h, n, d)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (b, h, k, d)
+
+        # Only the eager path materialises attention weights, so a request for them takes it.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        context, attn_weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        return self.out_proj(context.reshape(b, n, -1)), attn_weights
+
+
+class FeedForward(nn.Module):
+    """Expand to 4x width, GELU (tanh approximation, as GPT-2), project back."""
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.fc_out = nn.Linear(4 * config.emb_dim, config.emb_dim)
+
+    def forward(self, x):
+        return self.fc_out(nn.functional.gelu(self.fc_in(x), approximate="tanh"))
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: x + attention(norm(x)), then x + feed_forward(norm(x)), with dropout on
+    each residual branch ("shortcut" in the book)."""
+
+    def __init__(self, config: ScratchGPTConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.att = MultiHeadAttention(config, layer_idx)
+        self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.ff = FeedForward(config)
+        self.drop_shortcut = nn.Dropout(config.drop_rate)
+
+    def forward(self, x, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
+        attn_output, attn_weights = self.att(self.norm1(x), attention_mask, past_key_values, output_attentions, **kwargs)
+        x = x + self.drop_shortcut(attn_output)
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x, attn_weights
+
+
+class ScratchGPTPreTrainedModel(PreTrainedModel):
+    config_class = ScratchGPTConfig
+    config: ScratchGPTConfig
+    base_model_prefix = "model"
+    _input_embed_layer = "tok_emb"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """GPT-2's scheme: normal(0, initializer_range) everywhere (the parent does it), and the two
+        projections that write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
+        super()._init_weights(module)
+        residual_std = self.config.initializer_range / math.sqrt(2 * self.config.n_layers)
+        if isinstance(module, MultiHeadAttention):
+            init.normal_(module.out_proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, FeedForward):
+            init.normal_(module.fc_out.weight, mean=0.0, std=residual_std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Name every Auto class in `auto_map`, not only this one, so that any of them loads the
+        folder as remote code where this package is not installed."""
+        self.config.auto_map = {
+            "AutoConfig": "configuration_scratch_gpt.ScratchGPTConfig",
+            "AutoModel": "modeling_scratch_gpt.ScratchGPTModel",
+            "AutoModelForCausalLM": "modeling_scratch_gpt.ScratchGPTForCausalLM",
+            "AutoModelForSequenceClassification": "modeling_scratch_gpt.ScratchGPTForSequenceClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class ScratchGPTModel(ScratchGPTPreTrainedModel):
+    """Token + learned position embeddings, `n_layers` transformer blocks, final LayerNorm."""
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__(config)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        # A cache is for inference; in training it would only copy every key and value once more.
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, past_length)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.tok_emb(input_ids)  # (b, n, emb_dim)
+        given_position_ids = position_ids
+        if position_ids is None:
+            position_ids = self._position_ids(attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=given_position_ids,  # ours are never packed sequences: spare the check
+        )
+        x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.trf_blocks:
+            if output_hidden_states:
+                all_hidden_states += (x,)
+            x, attn_weights = block(x, mask, past_key_values, output_attentions, **kwargs)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        x = self.final_norm(x)
+        if output_hidden_states:
+            all_hidden_states += (x,)
+
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    @staticmethod
+    def _position_ids(attention_mask, past_length, n, device):
+        """Positions count real tokens only, so a left-padded prompt starts at position 0."""
+        if attention_mask is None or attention_mask.dim() != 2:
+            return torch.arange(past_length, past_length + n, device=device).unsqueeze(0)
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -n:]
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, past_length):
+        """Fail early, in our words, on what would otherwise be an index error deep inside torch."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        tokens = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ValueError(
+                f"Expected a (batch, sequence) batch of at least one token, got shape {tuple(tokens.shape)}."
+            )
+        batch, n = tokens.shape
+        if past_length + n > self.config.context_length:
+            raise ValueError(
+                f"Sequence of {past_length + n} tokens ({past_length} cached + {n} new) is longer than "
+                f"context_length={self.config.context_length}; truncate the input to the last "
+                f"{self.config.context_length} tokens."
+            )
+        if input_ids is not None and not torch.compiler.is_compiling():
+            low, high = input_ids.min().item(), input_ids.max().item()
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
+                    "was the text encoded with the tokenizer this model was trained with?"
+                )
+        if attention_mask is not None and attention_mask.dim() != 4:
+            if tuple(attention_mask.shape) != (batch, past_length + n):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, cached + new "
+                    f"tokens) = ({batch}, {past_length + n})."
+                )
+
+
+class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
+    """The model with its output head (`out_head`), tied to the token embedding by default."""
+
+    _tied_weights_keys = {"out_head.weight": "model.tok_emb.weight"}
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__(config)
+        self.model = ScratchGPTModel(config)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.out_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.out_head = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, sequence)`, *optional*): next-token targets equal to
+            `input_ids` (the loss shifts them); -100 marks positions to ignore.
+        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0: all).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.out_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:  # kwargs carry Trainer's num_items_in_batch, for exact gradient accumulation
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
+    """Classifies from the hidden state of the last real (non-padding) token, as in chapter 6."""
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ScratchGPTModel(config)
+        self.score = nn.Linear(config.emb_dim, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        r"""
+        labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*): class ids
+            (single-label), multi-hot floats (multi-label) or targets (regression, `num_labels == 1`).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (b, n, emb_dim)
+        last = self._last_token_index(input_ids, attention_mask, hidden_states.shape[0], hidden_states.shape[1])
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        pooled_logits = self.score(hidden_states[rows, last])  # (b, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=pooled_logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _last_token_index(self, input_ids, attention_mask, batch, n):
+        """Rightmost position that is a real token, whichever side the padding is on."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            real = attention_mask[:, -n:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        elif batch == 1:
+            return n - 1
+        else:
+            raise ValueError(
+                "Cannot find the last real token of each row in a batch of more than one: pass "
+                "`attention_mask`, or set `config.pad_token_id`."
+            )
+        positions = torch.arange(n, device=real.device)
+        return (positions * real).argmax(-1)
+
+
+__all__ = [
+    "ScratchGPTPreTrainedModel",
+    "ScratchGPTModel",
+    "ScratchGPTForCausalLM",
+    "ScratchGPTForSequenceClassification",
+]
