@@ -127,11 +127,10 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     ours = model.state_dict()
     state = {}
     for our_key, key, t in _param_map(c.n_layers, c.tie_word_embeddings):
-        tensor = ours[our_key]
-        state[key] = tensor.t() if t else tensor
-    if not c.qkv_bias:  # GPT-2 always has a query/key/value bias: zero is the same function
-        for i in range(c.n_layers):
-            state[f"transformer.h.{i}.attn.c_attn.bias"] = torch.zeros(3 * c.emb_dim, dtype=model.dtype)
+        if our_key in ours:
+            state[key] = ours[our_key].t() if t else ours[our_key]
+        elif our_key.endswith("att.qkv.bias"):  # GPT-2 always has this bias; zero computes the same function
+            state[key] = torch.zeros(3 * c.emb_dim, dtype=model.dtype)
     _load_exactly(gpt2, state)
     gpt2.generation_config = model.generation_config
     return gpt2.train(model.training)

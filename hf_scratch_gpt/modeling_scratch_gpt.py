@@ -65,6 +65,7 @@ class MultiHeadAttention(nn.Module):
         self.is_causal = True  # read by the sdpa / flash backends
         self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # W_query|W_key|W_value
         self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.out_proj.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
         b, n, _ = hidden_states.shape
@@ -96,6 +97,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(config.emb_dim, 4 * config.emb_dim)
         self.fc_out = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.fc_out.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, x):
         return self.fc_out(nn.functional.gelu(self.fc_in(x), approximate="tanh"))
@@ -138,11 +140,8 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         """GPT-2's scheme: normal(0, initializer_range) everywhere (the parent does it), and the two
         projections that write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
         super()._init_weights(module)
-        residual_std = self.config.initializer_range / math.sqrt(2 * self.config.n_layers)
-        if isinstance(module, MultiHeadAttention):
-            init.normal_(module.out_proj.weight, mean=0.0, std=residual_std)
-        elif isinstance(module, FeedForward):
-            init.normal_(module.fc_out.weight, mean=0.0, std=residual_std)
+        if getattr(module, "writes_residual", False):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range / math.sqrt(2 * self.config.n_layers))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Name every Auto class in `auto_map`, not only this one, so that any of them loads the

@@ -1,0 +1,232 @@
+import math
+
+import pytest
+import torch
+from conftest import VOCAB, left_padded, tiny_config
+from transformers import DynamicCache
+
+from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
+
+
+def causal_lm(**overrides):
+    torch.manual_seed(0)
+    return ScratchGPTForCausalLM(tiny_config(**overrides)).eval()
+
+
+def test_module_names_follow_the_book():
+    names = {name for name, _ in causal_lm().named_modules()}
+    for expected in ["model.tok_emb", "model.pos_emb", "model.trf_blocks.1.att.qkv", "model.trf_blocks.1.att.out_proj",
+                     "model.trf_blocks.0.ff.fc_in", "model.trf_blocks.0.ff.fc_out", "model.trf_blocks.0.norm1",
+                     "model.final_norm", "out_head"]:
+        assert expected in names
+
+
+def test_gpt2_initialisation():
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(tiny_config(emb_dim=256, n_heads=4, n_layers=8, vocab_size=2000))
+    block = model.model.trf_blocks[0]
+    assert block.att.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    assert block.att.out_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert block.ff.fc_out.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert model.model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.all(block.norm1.weight == 1) and torch.all(block.att.out_proj.bias == 0)
+
+
+def test_tied_by_default_untied_on_request(tmp_path):
+    model = causal_lm()
+    assert model.out_head.weight is model.model.tok_emb.weight
+    untied = causal_lm(tie_word_embeddings=False)
+    assert untied.out_head.weight is not untied.model.tok_emb.weight
+
+
+def test_eager_and_sdpa_agree_with_padding():
+    model = causal_lm()
+    ids, mask = left_padded([[5, 6, 7, 8, 9, 10], [11, 12, 13], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        sdpa = model(ids, attention_mask=mask).logits
+        model.set_attn_implementation("eager")
+        eager = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(sdpa[real], eager[real], atol=1e-5, rtol=0)
+
+
+def test_attn_implementation_chosen_at_load_time(tmp_path):
+    causal_lm().save_pretrained(tmp_path)
+    for implementation in ("eager", "sdpa"):
+        loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path, attn_implementation=implementation)
+        assert loaded.config._attn_implementation == implementation
+
+
+def test_left_padding_gives_each_row_its_unpadded_logits():
+    model = causal_lm()
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    ids, mask = left_padded(rows)
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).logits
+        for i, row in enumerate(rows):
+            alone = model(torch.tensor([row])).logits[0]
+            torch.testing.assert_close(batch[i, -len(row):], alone, atol=1e-5, rtol=0)
+
+
+def test_cache_continues_exactly_like_a_full_forward():
+    model = causal_lm()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :8], use_cache=True)
+        assert isinstance(first.past_key_values, DynamicCache)
+        assert first.past_key_values.get_seq_length() == 8
+        rest = model(ids[:, 8:], past_key_values=first.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(torch.cat([first.logits, rest], 1), full, atol=1e-5, rtol=0)
+
+
+def test_no_cache_while_training_unless_asked():
+    model = causal_lm().train()
+    assert model(torch.tensor([[1, 2, 3]])).past_key_values is None
+    assert model.eval()(torch.tensor([[1, 2, 3]])).past_key_values is not None
+
+
+def test_logits_to_keep():
+    model = causal_lm()
+    ids = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        full = model(ids).logits
+        last = model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_loss_shifts_labels_and_honours_num_items_in_batch():
+    model = causal_lm()
+    ids = torch.randint(0, VOCAB - 1, (2, 10))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    out = model(ids, labels=labels)
+    targets = labels[:, 1:]
+    log_probs = out.logits[:, :-1].log_softmax(-1)
+    keep = targets != -100
+    picked = log_probs[keep].gather(-1, targets[keep][:, None])
+    torch.testing.assert_close(out.loss, -picked.mean())
+    summed = model(ids, labels=labels, num_items_in_batch=torch.tensor(100)).loss
+    torch.testing.assert_close(summed, -picked.sum() / 100)
+
+
+def test_hidden_states_and_attentions():
+    model = causal_lm()
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True, output_attentions=True)
+        embeddings = model.model.tok_emb(ids) + model.model.pos_emb(torch.arange(7))
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2  # embeddings + each block; each block
+    torch.testing.assert_close(out.hidden_states[0], embeddings)
+    weights = out.attentions[0]
+    assert weights.shape == (2, 4, 7, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7))
+    assert torch.all(weights.triu(1) == 0)  # causal
+    as_tuple = model(ids, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def grads(checkpointing):
+        model = causal_lm(drop_rate=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        ids = torch.arange(20).view(2, 10)
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_resize_token_embeddings_keeps_tie():
+    model = causal_lm()
+    model.resize_token_embeddings(VOCAB + 7)
+    assert model.config.vocab_size == VOCAB + 7
+    assert model.out_head.weight.shape == (VOCAB + 7, 32)
+    assert model.out_head.weight is model.model.tok_emb.weight
+
+
+def classifier(**overrides):
+    torch.manual_seed(0)
+    return ScratchGPTForSequenceClassification(tiny_config(**overrides)).eval()
+
+
+def test_classification_pools_last_real_token_either_padding_side():
+    model = classifier(num_labels=3)
+    rows = [[5, 6, 7, 8, 9], [11, 12]]
+    with torch.no_grad():
+        alone = torch.cat([model(torch.tensor([r])).logits for r in rows])
+        ids, mask = left_padded(rows)
+        left = model(ids, attention_mask=mask).logits
+        right_ids = torch.tensor([rows[0], rows[1] + [VOCAB - 1] * 3])
+        right_mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])
+        right = model(right_ids, attention_mask=right_mask).logits
+        by_pad_id = model(right_ids).logits  # no mask: pad_token_id finds the end
+    assert left.shape == (2, 3)
+    for other in (left, right, by_pad_id):
+        torch.testing.assert_close(other, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "num_labels, labels, problem_type",
+    [
+        (3, torch.tensor([0, 2]), "single_label_classification"),
+        (3, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), "multi_label_classification"),
+        (1, torch.tensor([0.5, -1.0]), "regression"),
+    ],
+)
+def test_classification_problem_types(num_labels, labels, problem_type):
+    model = classifier(num_labels=num_labels)
+    ids = torch.randint(0, VOCAB - 1, (2, 6))
+    out = model(ids, labels=labels)
+    assert model.config.problem_type == problem_type
+    logits = out.logits
+    expected = {
+        "single_label_classification": lambda: torch.nn.functional.cross_entropy(logits, labels),
+        "multi_label_classification": lambda: torch.nn.functional.binary_cross_entropy_with_logits(logits, labels),
+        "regression": lambda: torch.nn.functional.mse_loss(logits.squeeze(), labels),
+    }[problem_type]()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_classification_without_pad_token_or_mask_is_a_clear_error():
+    model = classifier(pad_token_id=None)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 2)  # one row needs no padding rule
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m(torch.tensor([[1, VOCAB]])), f"token id {VOCAB}, outside the vocabulary \\[0, {VOCAB}\\)"),
+        (lambda m: m(torch.tensor([[1, -3]])), "token id -3"),
+        (lambda m: m(torch.zeros(1, 33, dtype=torch.long)), "33 tokens .* context_length=32"),
+        (lambda m: m(torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5)), r"shape \(2, 5\).*\(2, 4\)"),
+        (lambda m: m(torch.ones(4, dtype=torch.long)), "batch, sequence"),
+        (lambda m: m(torch.ones(1, 0, dtype=torch.long)), "at least one token"),
+        (lambda m: m(), "exactly one of"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(causal_lm())
+
+
+def test_cache_past_the_context_is_a_clear_error():
+    model = causal_lm()
+    out = model(torch.ones(1, 30, dtype=torch.long), use_cache=True)
+    with pytest.raises(ValueError, match=r"33 tokens \(30 cached \+ 3 new\)"):
+        model(torch.ones(1, 3, dtype=torch.long), past_key_values=out.past_key_values)
+
+
+def test_base_model_outputs_hidden_states():
+    torch.manual_seed(0)
+    base = ScratchGPTModel(tiny_config()).eval()
+    out = base(torch.tensor([[1, 2, 3]]))
+    assert out.last_hidden_state.shape == (1, 3, 32)
