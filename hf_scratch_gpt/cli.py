@@ -25,8 +25,8 @@ class GenerateArguments:
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
 
-def generate_command(args: GenerateArguments, model_dir: str | None) -> None:
-    """Continue a prompt with a saved model, or with a fresh untrained tiny model when none is given."""
+def generate_command(args: GenerateArguments, model_dir: str) -> None:
+    """Continue a prompt with a saved model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
 
@@ -35,15 +35,12 @@ def generate_command(args: GenerateArguments, model_dir: str | None) -> None:
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     set_seed(args.seed)
-    if model_dir is None:
-        model, tokenizer = _fresh_tiny_model()
-    else:
-        _require_model_dir(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    _require_model_dir(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt")
     sampling = args.temperature > 0
-    streamer = TextStreamer(tokenizer, skip_prompt=False) if args.stream else None
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
     with torch.no_grad():
         output = model.generate(
             **inputs,
@@ -59,19 +56,13 @@ def generate_command(args: GenerateArguments, model_dir: str | None) -> None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 
-def _fresh_tiny_model():
-    """An untrained 2-layer model and a byte tokenizer: checks that the install works, nothing more."""
-    from .configuration_scratch_gpt import ScratchGPTConfig
-    from .modeling_scratch_gpt import ScratchGPTForCausalLM
-    from .tokenization import byte_tokenizer
+def pretrain_command(model_args, data_args, training_args) -> None:
+    """Pretrain a model on a corpus (see `recipes.pretrain`)."""
+    from .recipes import pretrain
 
-    tokenizer = byte_tokenizer()
-    config = ScratchGPTConfig(
-        vocab_size=len(tokenizer), context_length=256, emb_dim=64, n_heads=4, n_layers=2,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
-    print("No MODEL_DIR given: using a freshly initialised, untrained tiny model (expect noise).", file=sys.stderr)
-    return ScratchGPTForCausalLM(config).eval(), tokenizer
+    metrics = pretrain(model_args, data_args, training_args)
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("eval_loss", "eval_perplexity"))
+    print(f"Saved the model to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
 
 
 def convert_command(source: str, destination: str) -> None:
@@ -127,17 +118,24 @@ class _atomic_output_dir:
         return False
 
 
-# name: (positional arguments, flags dataclass or None, function(flags..., *positionals), help)
+def _pretrain_flags():
+    from .recipes import DataArguments, ModelArguments, PretrainingArguments
+
+    return [ModelArguments, DataArguments, PretrainingArguments]
+
+
+# name: (positional arguments, flag dataclasses, function(*flags, *positionals), help)
 COMMANDS = {
+    "pretrain": ([], _pretrain_flags, pretrain_command, "Pretrain a model on a corpus with Trainer."),
     "generate": (
-        [("model_dir", {"nargs": "?", "help": "Saved model folder (omit for an untrained tiny model)."})],
-        GenerateArguments,
+        [("model_dir", {"help": "Saved model folder."})],
+        lambda: [GenerateArguments],
         generate_command,
         "Continue a prompt with a saved model.",
     ),
     "convert": (
         [("source", {"help": "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."}), ("destination", {"help": "Output folder."})],
-        None,
+        lambda: [],
         convert_command,
         "Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).",
     ),
@@ -154,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
     positionals, flags, function, help_text = COMMANDS[name]
-    parser = HfArgumentParser([] if flags is None else [flags], prog=f"hf-scratch-gpt {name}", description=help_text)
+    flag_classes = flags()
+    parser = HfArgumentParser(flag_classes, prog=f"hf-scratch-gpt {name}", description=help_text)
     for arg_name, options in positionals:
         parser.add_argument(arg_name, **options)
-    *parsed, extra = parser.parse_args_into_dataclasses(rest)
+    outputs = parser.parse_args_into_dataclasses(rest)
+    parsed, extra = outputs[: len(flag_classes)], outputs[len(flag_classes) :]
+    values = [getattr(extra[0], arg_name) for arg_name, _ in positionals]
     try:
-        function(*parsed, *(getattr(extra, arg_name) for arg_name, _ in positionals))
+        function(*parsed, *values)
     except Exception as error:  # the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise

@@ -1,24 +1,118 @@
-"""Tokenizers, built with the `tokenizers` library and wrapped as `PreTrainedTokenizerFast`."""
+"""Tokenizers (chapter 2), built with the `tokenizers` library and wrapped as `PreTrainedTokenizerFast`,
+so they save with `save_pretrained` and load with `AutoTokenizer`."""
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
+UNKNOWN = "<|unk|>"
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """GPT-2's byte-level scheme with no merges yet: one token per byte, plus `<|endoftext|>`.
+def train_tokenizer(
+    texts_or_files: Iterable[str | os.PathLike], kind: str = "bpe", vocab_size: int = 8192
+) -> PreTrainedTokenizerFast:
+    """Learn a vocabulary from text.
 
-    Any text encodes (no unknown tokens) and decodes back exactly; training merges on a corpus
-    shortens the sequences.
+    `kind="bpe"`: byte-level BPE as GPT-2 (any text encodes, nothing is unknown); `vocab_size` counts
+    the 256 bytes and `<|endoftext|>`. `kind="char"`: one token per character seen in training (at
+    most `vocab_size`), others become `<|unk|>`. `pathlib.Path` items are read as UTF-8 files; strings
+    are texts. `<|endoftext|>` ends documents and pads.
     """
-    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(byte_symbols)}
-    vocab[END_OF_TEXT] = len(vocab)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    if kind not in ("bpe", "char"):
+        raise ValueError(f"Tokenizer kind {kind!r} is unknown: use 'bpe' (byte-level BPE) or 'char'.")
+    minimum = 257 if kind == "bpe" else 3
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer: use at least {minimum}.")
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, special_tokens=[END_OF_TEXT, UNKNOWN], show_progress=False
+        )
+    texts = list(_texts(texts_or_files))
+    if not any(text.strip() for text in texts):
+        raise ValueError("Cannot train a tokenizer on an empty corpus: every text given is empty.")
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tokenizer, unk_token=UNKNOWN if kind == "char" else None)
+
+
+def gpt2_tokenizer(vocab_file: str | os.PathLike, merges_file: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """GPT-2's tokenizer from OpenAI's released `encoder.json` and `vocab.bpe` (or `vocab.json` and
+    `merges.txt`, the same files under transformers' names)."""
+    for path in (vocab_file, merges_file):
+        if not Path(path).is_file():
+            raise ValueError(f"GPT-2 tokenizer file {str(path)!r} does not exist.")
+    try:
+        vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{vocab_file} is not a JSON vocabulary (encoder.json / vocab.json): {error}") from error
+    if not isinstance(vocab, dict) or END_OF_TEXT not in vocab:
+        raise ValueError(f"{vocab_file} is not GPT-2's vocabulary: expected a token -> id map with {END_OF_TEXT}.")
+    try:
+        bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
+    except Exception as error:
+        raise ValueError(f"{merges_file} is not a BPE merges file (vocab.bpe / merges.txt): {error}") from error
+    tokenizer = Tokenizer(bpe)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.add_special_tokens([END_OF_TEXT])
+    wrapped = _wrap(tokenizer, unk_token=None)
+    if len(wrapped) != len(vocab):
+        raise ValueError(f"Built a tokenizer of {len(wrapped)} tokens from a vocabulary of {len(vocab)}.")
+    if len(vocab) == 50257 and wrapped("Hello, world").input_ids != [15496, 11, 995]:
+        raise ValueError(f"{vocab_file} / {merges_file} do not encode 'Hello, world' as GPT-2 does.")
+    return wrapped
+
+
+def _wrap(tokenizer: Tokenizer, unk_token: str | None) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
+        tokenizer_object=tokenizer,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+        unk_token=unk_token,
     )
+
+
+def _texts(texts_or_files: Iterable[str | os.PathLike]) -> Iterable[str]:
+    if isinstance(texts_or_files, (str, os.PathLike)):
+        texts_or_files = [texts_or_files]
+    for item in texts_or_files:
+        if isinstance(item, os.PathLike):
+            yield read_text_file(item)
+        elif isinstance(item, str):
+            yield item
+        else:
+            raise ValueError(f"Expected texts or file paths, got a {type(item).__name__}.")
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A UTF-8 file's text, or an error naming the file and the first offending byte."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"Cannot read {path}: {error.strerror}.") from error
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {error.start} is 0x{data[error.start]:02x}; convert it to UTF-8."
+        ) from None

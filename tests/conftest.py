@@ -1,6 +1,8 @@
 import os
+import tempfile
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub: they build their own tiny models
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub: they build their own tiny models and data
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-scratch-gpt-tests-")  # no shared cache
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ from conftest import VOCAB, left_padded
 from transformers import TextIteratorStreamer, TextStreamer
 
 from hf_scratch_gpt import from_gpt2
-from hf_scratch_gpt.tokenization import byte_tokenizer
+from hf_scratch_gpt.tokenization import train_tokenizer
 
 EOS = VOCAB - 1
 
@@ -84,7 +84,7 @@ def test_stops_at_eos(model, prompt):
 def test_streamers_receive_the_generated_text(capsys):
     from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 
-    tokenizer = byte_tokenizer()
+    tokenizer = train_tokenizer(["Hello there, hello world. " * 20], vocab_size=270)
     torch.manual_seed(0)
     config = ScratchGPTConfig(vocab_size=len(tokenizer), context_length=64, emb_dim=32, n_heads=2, n_layers=1)
     model = ScratchGPTForCausalLM(config).eval()

@@ -1,0 +1,60 @@
+"""What a run leaves for people: the loss plot and the model card (rendered with huggingface_hub)."""
+
+from importlib.resources import files
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATES = files(__package__) / "model_cards"
+
+
+def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int) -> None:
+    """Training and validation loss against steps, with tokens seen on a second axis (as the book plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    validation = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for points, label, style in ((train, "Training loss", "-"), (validation, "Validation loss", "-.")):
+        if points:
+            axis.plot(*zip(*points), style, label=label, marker="o" if len(points) < 3 else None)
+    axis.set_xlabel("Steps")
+    axis.set_ylabel("Loss")
+    axis.legend(loc="upper right")
+    tokens_axis = axis.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
+    tokens_axis.set_xlabel("Tokens seen")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_pretraining_card(output_dir: Path, *, config, n_params, data, dataset_sizes, max_length, stride, training_args,
+                           metrics, tokens_seen, wall_seconds) -> ModelCard:
+    """Write `README.md` for a pretrained model: shape, data, hyper-parameters, results, how to load."""
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["scratch_gpt", "custom_code", "text-generation"],
+        license="apache-2.0",
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=(TEMPLATES / "pretrain.md").read_text(),
+        model_name=Path(output_dir).resolve().name,
+        config=config,
+        n_params=n_params,
+        data=data,
+        dataset_sizes=dataset_sizes,
+        max_length=max_length,
+        stride=stride,
+        args=training_args,
+        metrics=metrics,
+        tokens_seen=tokens_seen,
+        wall_seconds=wall_seconds,
+    )
+    card.save(Path(output_dir) / "README.md")
+    return card
+

@@ -1,0 +1,167 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from hf_scratch_gpt.cli import main
+from hf_scratch_gpt.data import build_lm_dataset, load_corpus
+from hf_scratch_gpt.recipes import DataArguments, ModelArguments, PretrainingArguments, pretrain
+
+TEXT = "".join(f"Line {i}: every effort moves you, said the painter to the critic.\n" for i in range(120))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def tiny_run(corpus, output_dir, **training):
+    model_args = ModelArguments(tokenizer_kind="char", context_length=32, emb_dim=32, n_heads=2, n_layers=2)
+    data_args = DataArguments(data=str(corpus), max_length=32, stride=16, sample_prompt="Line")
+    settings = dict(output_dir=str(output_dir), max_steps=16, per_device_train_batch_size=8, eval_steps=8,
+                    save_steps=8, logging_steps=4, disable_tqdm=True, dataloader_pin_memory=False, seed=7)
+    return model_args, data_args, PretrainingArguments(**{**settings, **training})
+
+
+def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    metrics = pretrain(*tiny_run(corpus, out))
+    names = {p.name for p in out.iterdir()}
+    for expected in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                     "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "loss.png", "README.md",
+                     "eval_results.json", "training_args.json"):
+        assert expected in names, expected
+    assert "training_args.bin" not in names  # no pickle in the shared folder
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-8", "checkpoint-16"}
+    assert (out / "checkpoint-16" / "model.safetensors").is_file()
+
+    # The saved model reproduces the reported validation loss on the same windows.
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, ScratchGPTForCausalLM) and len(tokenizer) == model.config.vocab_size
+    validation = build_lm_dataset(load_corpus(corpus), tokenizer, 32, 16)["validation"]
+    with torch.no_grad():
+        ids = torch.tensor(validation["input_ids"])
+        loss = model(ids, labels=ids).loss.item()
+    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+    assert json.loads((out / "eval_results.json").read_text()) == metrics
+
+    history = json.loads((out / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert any("eval_perplexity" in e for e in history)
+    assert "[step 8] 'Line" in capsys.readouterr().out  # a sample at each evaluation
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "custom_code" in card.data.tags
+    assert f"{metrics['eval_loss']:.4f}" in card.text and "| n_layers | 2 |" in card.text
+
+
+def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_does(corpus, tmp_path):
+    straight = pretrain(*tiny_run(corpus, tmp_path / "straight"))
+    pretrain(*tiny_run(corpus, tmp_path / "halted"))
+    shutil.rmtree(tmp_path / "halted" / "checkpoint-16")  # as if stopped after the step-8 checkpoint
+    checkpoint = str(tmp_path / "halted" / "checkpoint-8")
+    resumed = pretrain(*tiny_run(corpus, tmp_path / "halted", resume_from_checkpoint=checkpoint))
+    assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], abs=1e-5)
+
+
+def test_continue_from_a_saved_model(corpus, tmp_path):
+    first = tmp_path / "first"
+    pretrain(*tiny_run(corpus, first))
+    model_args = ModelArguments(model_name_or_path=str(first))
+    _, data_args, training_args = tiny_run(corpus, tmp_path / "second", max_steps=8)
+    metrics = pretrain(model_args, data_args, training_args)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "second").config.emb_dim == 32
+    assert metrics["eval_loss"] > 0
+
+
+def _missing(corpus, out):
+    return {"data": str(corpus.parent / "missing.txt")}
+
+
+def _empty(corpus, out):
+    corpus.write_text("")
+    return {}
+
+
+def _not_utf8(corpus, out):
+    corpus.write_bytes(b"ok\n\x80bad")
+    return {}
+
+
+def _too_short(corpus, out):
+    corpus.write_text("short")
+    return {}
+
+
+def _output_is_a_file(corpus, out):
+    out.write_text("file")
+    return {}
+
+
+def _output_holds_another_model(corpus, out):
+    ScratchGPTConfig(vocab_size=50, emb_dim=16, n_heads=2, n_layers=1).save_pretrained(out)
+    return {}
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (_missing, "does not exist"),
+        (_empty, "is empty"),
+        (_not_utf8, r"corpus.txt is not UTF-8 text: byte 3 is 0x80"),
+        (_too_short, "fewer than one window"),
+        (lambda corpus, out: {"max_length": 64}, "max_length=64 is longer than the model's context_length=32"),
+        (lambda corpus, out: {"stride": 0}, "stride=0 is invalid"),
+        (_output_is_a_file, "is a file"),
+        (_output_holds_another_model, "already holds a different model"),
+    ],
+)
+def test_bad_input_fails_before_writing(corpus, tmp_path, setup, message):
+    out = tmp_path / "out"
+    model_args, data_args, training_args = tiny_run(corpus, out)
+    for key, value in setup(corpus, out).items():
+        setattr(data_args, key, value)
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.exists()
+    with pytest.raises(ValueError, match=message):
+        pretrain(model_args, data_args, training_args)
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.exists()) == before
+
+
+def test_tokenizer_larger_than_the_model_is_refused(corpus, tmp_path):
+    small = tmp_path / "small"
+    ScratchGPTForCausalLM(ScratchGPTConfig(vocab_size=10, context_length=32, emb_dim=16, n_heads=2,
+                                           n_layers=1)).save_pretrained(small)
+    _, data_args, training_args = tiny_run(corpus, tmp_path / "out")
+    pretrain(*tiny_run(corpus, tmp_path / "tok", max_steps=1))
+    model_args = ModelArguments(model_name_or_path=str(small), tokenizer_name_or_path=str(tmp_path / "tok"))
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model's vocabulary holds 10"):
+        pretrain(model_args, data_args, training_args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_pretrain_then_generate(corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["pretrain", "--data", str(corpus), "--output_dir", str(out), "--tokenizer_kind", "char",
+            "--context_length", "32", "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_steps", "4",
+            "--eval_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "4",
+            "--learning_rate", "3e-3", "--disable_tqdm", "true"]
+    assert main(args) == 0
+    assert f"Saved the model to {out}" in capsys.readouterr().out
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["learning_rate"] == 3e-3 and saved["max_steps"] == 4  # Trainer's own flags, parsed for us
+    assert main(["generate", str(out), "--prompt", "Line", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("Line")
+    assert main(["pretrain", "--data", str(tmp_path / "nowhere.txt"), "--output_dir", str(tmp_path / "x")]) == 1
+    assert "does not exist" in capsys.readouterr().err
