@@ -29,6 +29,9 @@ def generate_command(args: GenerateArguments, model_dir: str) -> None:
     """Continue a prompt with a saved model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the reply is the output: no loading bars around it
 
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
