@@ -8,9 +8,12 @@ import os
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .modeling_scratch_gpt import ScratchGPTForCausalLM
+
+logger = logging.get_logger(__name__)
 
 # (ours, GPT-2's, transposed?) inside each block
 _BLOCK_PARAMS = [
@@ -89,9 +92,7 @@ def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
         layer_norm_epsilon=c.layer_norm_epsilon,
         initializer_range=c.initializer_range,
         tie_word_embeddings=c.tie_word_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
+        **_special_token_ids(c),
     )
     model = ScratchGPTForCausalLM(config).to(gpt2.dtype)
     theirs = gpt2.state_dict()
@@ -99,6 +100,19 @@ def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
     _load_exactly(model, state)
     model.generation_config = gpt2.generation_config
     return model.train(gpt2.training)
+
+
+def _special_token_ids(config) -> dict:
+    """GPT-2's special token ids; one outside the vocabulary (GPT2Config's default 50256 on a smaller
+    vocabulary) could never be produced, so it becomes None."""
+    ids = {}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < config.vocab_size:
+            logger.warning(f"GPT-2 config's {name}={value} is outside its vocabulary of {config.vocab_size}: dropped.")
+            value = None
+        ids[name] = value
+    return ids
 
 
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:

@@ -20,8 +20,10 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
     default_data_collator,
+    set_seed,
 )
 from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .data import PYTHON_DOCS, build_lm_dataset, load_corpus
@@ -79,6 +81,7 @@ class PretrainingArguments(TrainingArguments):
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Decay after warmup."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (a fraction if < 1)."})
+    optim: OptimizerNames | str = field(default="adamw_torch_fused", metadata={"help": "Optimizer (fused AdamW)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
@@ -139,6 +142,7 @@ def pretrain(
     data_args = data_args or DataArguments()
     training_args = training_args or PretrainingArguments()
     start = time.perf_counter()
+    set_seed(training_args.seed)  # before the model exists: its initialisation is part of the run
 
     corpus = load_corpus(data_args.data, data_args.text_column)
     tokenizer = _tokenizer(model_args, corpus)
