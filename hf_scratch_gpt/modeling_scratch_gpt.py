@@ -29,6 +29,26 @@ from transformers.utils import can_return_tuple
 from .configuration_scratch_gpt import ScratchGPTConfig
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` that computes a few rows (decoding) as (W @ x^T)^T on CPU.
+
+    Same numbers, another kernel: for 2-64 rows, MKL's matrix product in that layout is 1.1-2.8x
+    faster than the one `x @ W^T` dispatches to (benchmarks/compare_gpt2.py). A subclass, so PEFT
+    and every tool that looks for `nn.Linear` still finds one.
+    """
+
+    def forward(self, x):
+        rows = x.numel() // self.in_features
+        if x.device.type != "cpu" or not 2 <= rows <= 64:
+            return super().forward(x)
+        x_t = x.reshape(rows, self.in_features).t()
+        if self.bias is None:
+            out = torch.mm(self.weight, x_t)
+        else:
+            out = torch.addmm(self.bias.unsqueeze(1), self.weight, x_t)
+        return out.t().reshape(*x.shape[:-1], self.out_features)
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Scaled dot-product attention written out, as in chapter 3; returns (context, attention weights).
 
@@ -63,8 +83,8 @@ class MultiHeadAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = config.drop_rate
         self.is_causal = True  # read by the sdpa / flash backends
-        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # W_query|W_key|W_value
-        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # W_query|W_key|W_value
+        self.out_proj = Linear(config.emb_dim, config.emb_dim)
         self.out_proj.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
@@ -95,8 +115,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__()
-        self.fc_in = nn.Linear(config.emb_dim, 4 * config.emb_dim)
-        self.fc_out = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.fc_in = Linear(config.emb_dim, 4 * config.emb_dim)
+        self.fc_out = Linear(4 * config.emb_dim, config.emb_dim)
         self.fc_out.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, x):
@@ -273,7 +293,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: ScratchGPTConfig):
         super().__init__(config)
         self.model = ScratchGPTModel(config)
-        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self):
