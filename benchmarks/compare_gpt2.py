@@ -104,7 +104,7 @@ def peak_rss_child(which: str) -> None:
     else:
         model = hf_scratch_gpt.ScratchGPTForCausalLM(hf_scratch_gpt.ScratchGPTConfig(
             vocab_size=config.vocab_size, context_length=config.n_positions, emb_dim=config.n_embd,
-            n_heads=config.n_head, n_layers=config.n_layer, qkv_bias=True))
+            n_heads=config.n_head, n_layers=config.n_layer, qkv_bias=True, bias=True))
     model.train()
     opt = optimizer(model, recommended=True)
     batch = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ))

@@ -21,6 +21,8 @@ class ScratchGPTConfig(PreTrainedConfig):
         drop_rate (`float`): dropout on embeddings, attention weights and both residual branches.
         qkv_bias (`bool`): whether the query/key/value projection has a bias (GPT-2 has one, the book's
             from-scratch model does not).
+        bias (`bool`): whether the other linear layers and the LayerNorms have biases (GPT-2 and the
+            book: yes; nanoGPT's default: no, a little better and faster).
         layer_norm_epsilon (`float`): epsilon of every LayerNorm.
         initializer_range (`float`): standard deviation of the normal initialisation.
         tie_word_embeddings (`bool`): share the token embedding with the output head.
@@ -44,6 +46,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     n_layers: int = 12
     drop_rate: float | int = 0.1
     qkv_bias: bool = False
+    bias: bool = True
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True

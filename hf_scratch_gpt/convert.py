@@ -89,6 +89,7 @@ def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
         n_layers=c.n_layer,
         drop_rate=c.resid_pdrop,
         qkv_bias=True,
+        bias=True,
         layer_norm_epsilon=c.layer_norm_epsilon,
         initializer_range=c.initializer_range,
         tie_word_embeddings=c.tie_word_embeddings,
@@ -143,8 +144,8 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     for our_key, key, t in _param_map(c.n_layers, c.tie_word_embeddings):
         if our_key in ours:
             state[key] = ours[our_key].t() if t else ours[our_key]
-        elif our_key.endswith("att.qkv.bias"):  # GPT-2 always has this bias; zero computes the same function
-            state[key] = torch.zeros(3 * c.emb_dim, dtype=model.dtype)
+        elif our_key.endswith("bias"):  # GPT-2 always has biases; zero computes the same function
+            state[key] = torch.zeros(gpt2.state_dict()[key].shape, dtype=model.dtype)
     _load_exactly(gpt2, state)
     gpt2.generation_config = model.generation_config
     return gpt2.train(model.training)

@@ -84,7 +84,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = config.drop_rate
         self.is_causal = True  # read by the sdpa / flash backends
         self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # W_query|W_key|W_value
-        self.out_proj = Linear(config.emb_dim, config.emb_dim)
+        self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
         self.out_proj.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
@@ -115,8 +115,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__()
-        self.fc_in = Linear(config.emb_dim, 4 * config.emb_dim)
-        self.fc_out = Linear(4 * config.emb_dim, config.emb_dim)
+        self.fc_in = Linear(config.emb_dim, 4 * config.emb_dim, bias=config.bias)
+        self.fc_out = Linear(4 * config.emb_dim, config.emb_dim, bias=config.bias)
         self.fc_out.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, x):
@@ -129,9 +129,9 @@ class TransformerBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.norm1 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.att = MultiHeadAttention(config, layer_idx)
-        self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.ff = FeedForward(config)
         self.drop_shortcut = nn.Dropout(config.drop_rate)
 
@@ -184,7 +184,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop_emb = nn.Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon)
+        self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.gradient_checkpointing = False
         self.post_init()
 

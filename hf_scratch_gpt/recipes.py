@@ -48,6 +48,7 @@ class ModelArguments:
     n_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
     drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate."})
     qkv_bias: bool = field(default=False, metadata={"help": "Give the query/key/value projection a bias."})
+    bias: bool = field(default=True, metadata={"help": "Biases in the other linear layers and LayerNorms."})
 
 
 @dataclass

@@ -66,11 +66,12 @@ def test_untied_gpt2_round_trip():
     assert torch.equal(to_gpt2(model).lm_head.weight, gpt2.lm_head.weight)
 
 
-def test_to_gpt2_from_a_model_without_qkv_bias():
+@pytest.mark.parametrize("biases", [dict(qkv_bias=False), dict(qkv_bias=False, bias=False)])
+def test_to_gpt2_from_a_model_without_biases(biases):
     torch.manual_seed(0)
     from conftest import tiny_config
 
-    model = ScratchGPTForCausalLM(tiny_config(qkv_bias=False)).eval()
+    model = ScratchGPTForCausalLM(tiny_config(**biases)).eval()
     gpt2 = to_gpt2(model).eval()
     ids = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
