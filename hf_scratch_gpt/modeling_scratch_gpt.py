@@ -210,7 +210,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, past_length)
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)  # (b, n, emb_dim)
@@ -253,7 +253,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)[:, -n:]
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, past_length):
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_length):
         """Fail early, in our words, on what would otherwise be an index error deep inside torch."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -276,6 +276,13 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 raise ValueError(
                     f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
                     "was the text encoded with the tokenizer this model was trained with?"
+                )
+        if position_ids is not None and not torch.compiler.is_compiling():
+            low, high = position_ids.min().item(), position_ids.max().item()
+            if low < 0 or high >= self.config.context_length:
+                raise ValueError(
+                    f"position_ids holds position {low if low < 0 else high}, outside [0, context_length="
+                    f"{self.config.context_length})."
                 )
         if attention_mask is not None and attention_mask.dim() != 4:
             if tuple(attention_mask.shape) != (batch, past_length + n):

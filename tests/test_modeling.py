@@ -211,6 +211,8 @@ def test_classification_without_pad_token_or_mask_is_a_clear_error():
         (lambda m: m(torch.ones(4, dtype=torch.long)), "batch, sequence"),
         (lambda m: m(torch.ones(1, 0, dtype=torch.long)), "at least one token"),
         (lambda m: m(), "exactly one of"),
+        (lambda m: m(torch.ones(1, 3, dtype=torch.long), position_ids=torch.tensor([[30, 31, 32]])),
+         r"position 32, outside \[0, context_length=32\)"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(call, message):
