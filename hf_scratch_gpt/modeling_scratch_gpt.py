@@ -29,24 +29,34 @@ from transformers.utils import can_return_tuple
 from .configuration_scratch_gpt import ScratchGPTConfig
 
 
-class Linear(nn.Linear):
-    """`nn.Linear` that computes a few rows (decoding) as (W @ x^T)^T on CPU.
+def _onednn_linear():
+    """oneDNN's linear kernel (the one torch.compile's CPU backend calls), if this torch build has it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
 
-    Same numbers, another kernel: for 2-64 rows, MKL's matrix product in that layout is 1.1-2.8x
-    faster than the one `x @ W^T` dispatches to (benchmarks/compare_gpt2.py). A subclass, so PEFT
-    and every tool that looks for `nn.Linear` still finds one.
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that runs decoding-sized inference (up to 64 rows, no gradient, fp32 on CPU)
+    through oneDNN, which reads the weights at close to memory bandwidth where the default
+    kernel reaches about two thirds of it (benchmarks/compare_gpt2.py). Same function, fp32
+    rounding aside; a subclass, so PEFT and every tool looking for `nn.Linear` still finds one.
     """
 
     def forward(self, x):
-        rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or not 2 <= rows <= 64:
-            return super().forward(x)
-        x_t = x.reshape(rows, self.in_features).t()
-        if self.bias is None:
-            out = torch.mm(self.weight, x_t)
-        else:
-            out = torch.addmm(self.bias.unsqueeze(1), self.weight, x_t)
-        return out.t().reshape(*x.shape[:-1], self.out_features)
+        if (
+            _ONEDNN_LINEAR is not None
+            and x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and x.numel() <= 64 * self.in_features
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        ):
+            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):

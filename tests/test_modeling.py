@@ -236,20 +236,23 @@ def test_base_model_outputs_hidden_states():
 
 @pytest.mark.parametrize("rows", [1, 2, 8, 64, 65, 300])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_gives_nn_linear_results_in_every_layout(rows, bias):
+@pytest.mark.parametrize("grad", [True, False])
+def test_linear_gives_nn_linear_results_on_every_path(rows, bias, grad):
     from hf_scratch_gpt.modeling_scratch_gpt import Linear
 
     torch.manual_seed(0)
     ours = Linear(48, 80, bias=bias)
     reference = torch.nn.Linear(48, 80, bias=bias)
     reference.load_state_dict(ours.state_dict())
-    x = torch.randn(rows, 1, 48, requires_grad=True)
-    out = ours(x)
-    assert out.shape == (rows, 1, 80)
-    torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=1e-5)
-    out.sum().backward()
-    grad_ours = x.grad.clone()
-    x.grad = None
-    reference(x).sum().backward()
-    torch.testing.assert_close(grad_ours, x.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    x = torch.randn(rows, 1, 48, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = ours(x)
+        assert out.shape == (rows, 1, 80)
+        torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=1e-5)
+    if grad:
+        out.sum().backward()
+        grad_ours = x.grad.clone()
+        x.grad = None
+        reference(x).sum().backward()
+        torch.testing.assert_close(grad_ours, x.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
