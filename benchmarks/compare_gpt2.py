@@ -143,7 +143,7 @@ def main():
         for model in models.values():
             model.train()
         opts = {name: optimizer(m, recommended=setting == "recommended") for name, m in models.items()}
-        seconds = alternate({n: (lambda n=n: train_step(models[n], opts[n], batch)) for n in models}, repeats, warmup)
+        seconds = alternate({n: (lambda n=n, o=opts: train_step(models[n], o[n], batch)) for n in models}, repeats, warmup)
         train[setting] = {n: BATCH * SEQ / s for n, s in seconds.items()}
         for name, s in seconds.items():
             rows.append((f"train tok/s ({setting})", name, BATCH * SEQ / s,
