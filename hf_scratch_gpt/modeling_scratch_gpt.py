@@ -195,7 +195,6 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         self.drop_emb = nn.Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.gradient_checkpointing = False
         self.post_init()
 
     @can_return_tuple
