@@ -5,6 +5,7 @@ This file travels with every checkpoint as remote code: it imports only transfor
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 
 @strict
@@ -18,6 +19,9 @@ class ScratchGPTConfig(PreTrainedConfig):
         emb_dim (`int`): width of every hidden state (`hidden_size`).
         n_heads (`int`): attention heads per block; must divide `emb_dim` (`num_attention_heads`).
         n_layers (`int`): number of transformer blocks (`num_hidden_layers`).
+        activation_function (`str`): the feed-forward non-linearity, by its transformers name. The
+            default is the book's and GPT-2's GELU (tanh approximation) in PyTorch's fused kernel;
+            `"gelu"` is the exact GELU (nanoGPT's choice, faster on CPUs).
         drop_rate (`float`): dropout on embeddings, attention weights and both residual branches.
         qkv_bias (`bool`): whether the query/key/value projection has a bias (GPT-2 has one, the book's
             from-scratch model does not).
@@ -44,6 +48,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     emb_dim: int = 768
     n_heads: int = 12
     n_layers: int = 12
+    activation_function: str = "gelu_pytorch_tanh"
     drop_rate: float | int = 0.1
     qkv_bias: bool = False
     bias: bool = True
@@ -62,6 +67,10 @@ class ScratchGPTConfig(PreTrainedConfig):
         _require(
             "emb_dim", self.emb_dim, self.emb_dim % self.n_heads == 0,
             f"must be divisible by n_heads={self.n_heads} (each head gets emb_dim // n_heads dimensions)",
+        )
+        _require(
+            "activation_function", self.activation_function, self.activation_function in ACT2FN,
+            f"must name one of transformers' activations: {', '.join(sorted(ACT2FN))}",
         )
         _require("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "must be in [0, 1)")
         _require("layer_norm_epsilon", self.layer_norm_epsilon, self.layer_norm_epsilon > 0, "must be > 0")

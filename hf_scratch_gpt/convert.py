@@ -47,6 +47,11 @@ def _param_map(n_layers: int, tied: bool) -> list[tuple[str, str, bool]]:
     return pairs
 
 
+# GPT-2's "gelu_new" is the tanh GELU written out in Python; PyTorch's kernel computes the same function.
+_FUSED_TWIN = {"gelu_new": "gelu_pytorch_tanh"}
+_GPT2_NAME = {fused: gpt2 for gpt2, fused in _FUSED_TWIN.items()}
+
+
 def _check_gpt2_config(config) -> None:
     """Refuse what our architecture cannot represent, rather than converting it wrongly."""
     if getattr(config, "model_type", None) != "gpt2":
@@ -55,7 +60,6 @@ def _check_gpt2_config(config) -> None:
             f"{getattr(config, 'model_type', None)!r}; only the GPT-2 family (gpt2 ... gpt2-xl, distilgpt2) converts."
         )
     unsupported = {
-        "activation_function": (config.activation_function, config.activation_function in ("gelu_new", "gelu_pytorch_tanh")),
         "n_inner": (config.n_inner, config.n_inner in (None, 4 * config.n_embd)),
         "scale_attn_weights": (config.scale_attn_weights, config.scale_attn_weights),
         "scale_attn_by_inverse_layer_idx": (config.scale_attn_by_inverse_layer_idx, not config.scale_attn_by_inverse_layer_idx),
@@ -87,6 +91,7 @@ def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
         emb_dim=c.n_embd,
         n_heads=c.n_head,
         n_layers=c.n_layer,
+        activation_function=_FUSED_TWIN.get(c.activation_function, c.activation_function),
         drop_rate=c.resid_pdrop,
         qkv_bias=True,
         bias=True,
@@ -127,7 +132,7 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
         n_embd=c.emb_dim,
         n_head=c.n_heads,
         n_layer=c.n_layers,
-        activation_function="gelu_new",
+        activation_function=_GPT2_NAME.get(c.activation_function, c.activation_function),
         resid_pdrop=c.drop_rate,
         embd_pdrop=c.drop_rate,
         attn_pdrop=c.drop_rate,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
@@ -121,16 +122,17 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Expand to 4x width, GELU (tanh approximation, as GPT-2), project back."""
+    """Expand to 4x width, GELU (the config's `activation_function`), project back."""
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__()
         self.fc_in = Linear(config.emb_dim, 4 * config.emb_dim, bias=config.bias)
+        self.act = ACT2FN[config.activation_function]
         self.fc_out = Linear(4 * config.emb_dim, config.emb_dim, bias=config.bias)
         self.fc_out.writes_residual = True  # smaller initialisation, see _init_weights
 
     def forward(self, x):
-        return self.fc_out(nn.functional.gelu(self.fc_in(x), approximate="tanh"))
+        return self.fc_out(self.act(self.fc_in(x)))
 
 
 class TransformerBlock(GradientCheckpointingLayer):

@@ -46,6 +46,10 @@ class ModelArguments:
     emb_dim: int = field(default=128, metadata={"help": "Hidden size."})
     n_heads: int = field(default=4, metadata={"help": "Attention heads per block."})
     n_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
+    activation_function: str = field(
+        default="gelu_pytorch_tanh",
+        metadata={"help": "Feed-forward activation: the book's tanh GELU, 'gelu' (exact, nanoGPT's), any transformers name."},
+    )
     drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate."})
     qkv_bias: bool = field(default=False, metadata={"help": "Give the query/key/value projection a bias."})
     bias: bool = field(default=True, metadata={"help": "Biases in the other linear layers and LayerNorms."})

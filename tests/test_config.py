@@ -41,6 +41,7 @@ def test_json_round_trip(tmp_path):
         (dict(drop_rate=-0.1), "drop_rate", "[0, 1)"),
         (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon", "> 0"),
         (dict(initializer_range=-0.02), "initializer_range", "> 0"),
+        (dict(activation_function="gleu"), "activation_function", "gelu_pytorch_tanh"),
         (dict(vocab_size=10, pad_token_id=10), "pad_token_id", "vocab_size=10"),
         (dict(vocab_size=10, bos_token_id=-1), "bos_token_id", "vocab_size=10"),
         (dict(vocab_size=10, eos_token_id=[3, 12]), "eos_token_id", "vocab_size=10"),

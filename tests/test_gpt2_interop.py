@@ -98,8 +98,28 @@ def test_not_gpt2_is_a_clear_error(tmp_path):
         to_gpt2(bert)
 
 
-@pytest.mark.parametrize("field, value", [("activation_function", "relu"), ("n_inner", 40),
-                                          ("scale_attn_by_inverse_layer_idx", True)])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_other_gpt2_activations_convert_both_ways(activation):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                        activation_function=activation)
+    gpt2 = GPT2LMHeadModel(config).eval()
+    model = from_gpt2(gpt2).eval()
+    assert model.config.activation_function == activation
+    assert to_gpt2(model).config.activation_function == activation
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert (model(ids).logits - gpt2(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_gpt2_gelu_new_becomes_the_fused_kernel_and_back(gpt2):
+    assert gpt2.config.activation_function == "gelu_new"
+    model = from_gpt2(gpt2)
+    assert model.config.activation_function == "gelu_pytorch_tanh"
+    assert to_gpt2(model).config.activation_function == "gelu_new"
+
+
+@pytest.mark.parametrize("field, value", [("n_inner", 40), ("scale_attn_by_inverse_layer_idx", True)])
 def test_gpt2_variants_we_cannot_represent_are_refused(field, value):
     config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2, **{field: value})
     with pytest.raises(ValueError, match=field):

@@ -21,6 +21,18 @@ def test_module_names_follow_the_book():
         assert expected in names
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("gelu_pytorch_tanh", lambda h: torch.nn.functional.gelu(h, approximate="tanh")),
+    ("gelu", torch.nn.functional.gelu),
+    ("relu", torch.relu),
+])
+def test_feed_forward_uses_the_configured_activation(name, expected):
+    torch.manual_seed(0)
+    ff = ScratchGPTForCausalLM(tiny_config(activation_function=name)).model.trf_blocks[0].ff
+    x = torch.randn(2, 3, ff.fc_in.in_features)
+    torch.testing.assert_close(ff(x), ff.fc_out(expected(ff.fc_in(x))), rtol=0, atol=0)
+
+
 def test_gpt2_initialisation():
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(tiny_config(emb_dim=256, n_heads=4, n_layers=8, vocab_size=2000))
