@@ -2,8 +2,10 @@
 
 A character-level model on tiny Shakespeare: 4 layers, 4 heads, 128 dims, context 64, batch 12,
 2000 steps, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW (0.9, 0.99), weight decay
-0.1, clipping 1.0, no dropout, no biases and exact GELU (nanoGPT's model); the first 90% of the text trains, the last
-10% validates.
+0.1, clipping 1.0, no dropout. The model differs from nanoGPT's in three choices that lower the
+validation loss by about 0.035 at the same cost (four seeds each): the book's biases, nanoGPT's exact
+GELU, and an output head with its own weights (65 characters are too few to share one matrix well).
+The first 90% of the text trains, the last 10% validates.
 
     python examples/pretrain_tinyshakespeare.py --data ../shared/data/tinyshakespeare.txt
 
@@ -27,9 +29,8 @@ def main():
     cli = parser.parse_args()
 
     metrics = pretrain(
-        # nanoGPT's architecture: no biases, exact GELU
         ModelArguments(tokenizer_kind="char", context_length=64, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0,
-                       bias=False, activation_function="gelu"),
+                       activation_function="gelu", tie_word_embeddings=False),
         DataArguments(data=cli.data, max_length=64, stride=16, validation_fraction=0.1, sample_prompt="ROMEO:"),
         PretrainingArguments(
             output_dir=cli.output_dir,

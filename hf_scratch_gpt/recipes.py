@@ -53,6 +53,7 @@ class ModelArguments:
     drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate."})
     qkv_bias: bool = field(default=False, metadata={"help": "Give the query/key/value projection a bias."})
     bias: bool = field(default=True, metadata={"help": "Biases in the other linear layers and LayerNorms."})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": "Share the token embedding with the output head."})
 
 
 @dataclass

@@ -156,9 +156,12 @@ def test_cli_pretrain_then_generate(corpus, tmp_path, capsys):
     args = ["pretrain", "--data", str(corpus), "--output_dir", str(out), "--tokenizer_kind", "char",
             "--context_length", "32", "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_steps", "4",
             "--eval_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "4",
-            "--learning_rate", "3e-3", "--disable_tqdm", "true"]
+            "--learning_rate", "3e-3", "--disable_tqdm", "true",
+            "--activation_function", "gelu", "--tie_word_embeddings", "false", "--bias", "false"]
     assert main(args) == 0
     assert f"Saved the model to {out}" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["activation_function"], config["tie_word_embeddings"], config["bias"]) == ("gelu", False, False)
     saved = json.loads((out / "training_args.json").read_text())
     assert saved["learning_rate"] == 3e-3 and saved["max_steps"] == 4  # Trainer's own flags, parsed for us
     assert main(["generate", str(out), "--prompt", "Line", "--max-new-tokens", "5"]) == 0
