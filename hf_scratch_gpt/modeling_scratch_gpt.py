@@ -49,15 +49,16 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x):
+        weight = self.weight  # one module attribute lookup: this runs 50 times per decoded token
         if (
             _ONEDNN_LINEAR is not None
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
+            and x.is_cpu
+            and x.dtype is torch.float32 is weight.dtype
             and x.numel() <= 64 * self.in_features
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         ):
-            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
-        return super().forward(x)
+            return _ONEDNN_LINEAR(x, weight, self.bias, "none", [], "")
+        return nn.functional.linear(x, weight, self.bias)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
