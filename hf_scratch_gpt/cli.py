@@ -68,6 +68,15 @@ def pretrain_command(model_args, data_args, training_args) -> None:
     print(f"Saved the model to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
 
 
+def classify_command(args, training_args) -> None:
+    """Fine-tune a classifier on labelled texts (see `recipes.classify`)."""
+    from .recipes import classify
+
+    metrics = classify(args, training_args)
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test_accuracy", "eval_accuracy"))
+    print(f"Saved the classifier to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+
+
 def convert_command(source: str, destination: str) -> None:
     """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -127,9 +136,16 @@ def _pretrain_flags():
     return [ModelArguments, DataArguments, PretrainingArguments]
 
 
+def _classify_flags():
+    from .recipes import ClassificationArguments, ClassificationTrainingArguments
+
+    return [ClassificationArguments, ClassificationTrainingArguments]
+
+
 # name: (positional arguments, flag dataclasses, function(*flags, *positionals), help)
 COMMANDS = {
     "pretrain": ([], _pretrain_flags, pretrain_command, "Pretrain a model on a corpus with Trainer."),
+    "classify": ([], _classify_flags, classify_command, "Fine-tune a classifier (LoRA by default) with Trainer."),
     "generate": (
         [("model_dir", {"help": "Saved model folder."})],
         lambda: [GenerateArguments],

@@ -1,11 +1,13 @@
-"""Data sampling (chapter 2) with `datasets`: load a corpus, tokenize it, cut it into windows."""
+"""Data with `datasets`: corpora cut into windows (chapter 2), labelled texts for classification (chapter 6)."""
 
+import csv
 import glob
 import os
 import re
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from .tokenization import read_text_file
 
@@ -24,7 +26,7 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
         from pydoc_data.topics import topics
 
         return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
-    files = _corpus_files(source)
+    files = _data_files(source, "Corpus")
     if files is None:  # not a local path: a Hub dataset name
         try:
             hub_dataset = load_dataset(str(source), split="train")
@@ -54,23 +56,24 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
     return dataset
 
 
-def _corpus_files(source) -> list[str] | None:
+def _data_files(source, what: str) -> list[str] | None:
+    """The files a local source names (a file, a folder, a glob), or None for a Hub dataset id."""
     path = Path(source)
     if path.is_file():
         return [str(path)]
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"Corpus folder {source} holds no files.")
+            raise ValueError(f"{what} folder {source} holds no files.")
         return files
     if glob.has_magic(str(source)):
         files = sorted(f for f in glob.glob(str(source), recursive=True) if Path(f).is_file())
         if not files:
-            raise ValueError(f"Corpus pattern {source} matches no files.")
+            raise ValueError(f"{what} pattern {source} matches no files.")
         return files
     if re.fullmatch(r"[\w-]+(/[\w.-]+)?", str(source)):  # looks like a Hub id: owner/name
         return None
-    raise ValueError(f"Corpus {source} does not exist.")
+    raise ValueError(f"{what} {source} does not exist.")
 
 
 def _require_text(dataset: Dataset, text_column: str, source: str) -> Dataset:
@@ -149,3 +152,96 @@ def _cut_windows(batch, start, end, max_length, stride):
     stream = [token for doc in batch["input_ids"] for token in doc][start:end]
     windows = [stream[i : i + max_length] for i in range(0, len(stream) - max_length + 1, stride)]
     return {"input_ids": windows, "labels": windows}
+
+
+_TABLES = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_labelled(source: str | os.PathLike, text_column: str = "text", label_column: str = "label") -> Dataset:
+    """A `Dataset` of `text` and `label` columns for classification.
+
+    `source` is a TSV / CSV / JSON / JSONL / Parquet file (or a folder or glob of files of one type)
+    holding `text_column` and `label_column`, or, with network, a Hub dataset name (its `train` split).
+    Tab- and comma-separated files are read as they are: no quoting, and "NA" stays text.
+    """
+    files = _data_files(source, "Data")
+    if files is None:
+        try:
+            dataset = load_dataset(str(source), split="train")
+        except Exception as error:
+            raise ValueError(f"Data {source!r} is not a local file, folder or glob, and loading it from the Hub "
+                             f"failed: {error}") from error
+    else:
+        suffixes = {Path(f).suffix.lower() for f in files}
+        if len(suffixes) != 1 or not suffixes <= _TABLES.keys():
+            raise ValueError(f"Data {source} has files of types {sorted(suffixes)}: use files of one type among "
+                             f"{sorted(_TABLES)}.")
+        suffix = suffixes.pop()
+        options = {}
+        if _TABLES[suffix] == "csv":
+            options = {"delimiter": "\t" if suffix == ".tsv" else ",", "na_filter": False}
+            if suffix == ".tsv":
+                options["quoting"] = csv.QUOTE_NONE  # messages may start with a quote sign
+            for f in files:
+                read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
+        dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+    missing = [c for c in (text_column, label_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Data {source} has no column {missing[0]!r}; its columns are {dataset.column_names}. "
+                         "Name the columns with text_column and label_column.")
+    dataset = dataset.select_columns([text_column, label_column])
+    dataset = dataset.rename_columns({text_column: "text", label_column: "label"})
+    if len(dataset) == 0:
+        raise ValueError(f"Data {source} holds no rows.")
+    return dataset
+
+
+def build_classification_dataset(
+    dataset: Dataset,
+    tokenizer,
+    max_length: int,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 123,
+    balance: bool = False,
+) -> DatasetDict:
+    """Train / validation / test splits of tokenized texts with integer `labels`, as in chapter 6.
+
+    Labels become a `ClassLabel` (string labels sorted into ids; `labels.names` gives them back).
+    `balance` undersamples every class to the size of the smallest, as the book does with ham.
+    Rows are shuffled with `seed` and cut by `fractions`; texts are truncated to `max_length`
+    tokens and left unpadded (a collator pads each batch).
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions={list(fractions)} is invalid: give three non-negative train / validation / "
+                         "test fractions that sum to 1.")
+    if not isinstance(max_length, int) or max_length <= 0:
+        raise ValueError(f"max_length={max_length!r} is invalid: it must be a positive integer.")
+    dataset = dataset.filter(lambda row: bool(str(row["text"]).strip()), desc="Dropping empty texts")
+    if not isinstance(dataset.features["label"], ClassLabel):
+        dataset = dataset.map(lambda row: {"label": str(row["label"]).strip()}).class_encode_column("label")
+    names = dataset.features["label"].names
+    if len(names) < 2:
+        raise ValueError(f"The label column has a single class ({names}); classification needs at least two.")
+    labels = np.array(dataset["label"])
+    if balance:
+        rng = np.random.default_rng(seed)
+        smallest = min(np.bincount(labels, minlength=len(names)))
+        keep = [rng.choice(np.flatnonzero(labels == c), smallest, replace=False) for c in range(len(names))]
+        dataset = dataset.select(np.sort(np.concatenate(keep)))
+
+    dataset = dataset.shuffle(seed=seed)
+    n = len(dataset)
+    train_end = int(n * fractions[0])
+    validation_end = train_end + int(n * fractions[1])
+    bounds = {"train": (0, train_end), "validation": (train_end, validation_end), "test": (validation_end, n)}
+    for (split, (start, end)), fraction in zip(bounds.items(), fractions):
+        if fraction > 0 and end <= start:
+            raise ValueError(f"The {split} split is empty: {n} rows x {fraction} < 1. Use more data or other fractions.")
+
+    def tokenize(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    tokenized = dataset.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
+    tokenized = tokenized.rename_column("label", "labels")
+    return DatasetDict({split: tokenized.select(range(start, end)) for split, (start, end) in bounds.items()
+                        if end > start})

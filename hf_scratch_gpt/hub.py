@@ -8,8 +8,9 @@ from huggingface_hub import ModelCard, ModelCardData
 TEMPLATES = files(__package__) / "model_cards"
 
 
-def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int) -> None:
-    """Training and validation loss against steps, with tokens seen on a second axis (as the book plots)."""
+def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None = None) -> None:
+    """Training and validation loss against steps, with tokens seen on a second axis when known (as the
+    book plots pretraining)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,8 +25,9 @@ def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int) -> No
     axis.set_xlabel("Steps")
     axis.set_ylabel("Loss")
     axis.legend(loc="upper right")
-    tokens_axis = axis.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
-    tokens_axis.set_xlabel("Tokens seen")
+    if tokens_per_step:
+        tokens_axis = axis.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
+        tokens_axis.set_xlabel("Tokens seen")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -58,3 +60,33 @@ def write_pretraining_card(output_dir: Path, *, config, n_params, data, dataset_
     card.save(Path(output_dir) / "README.md")
     return card
 
+
+
+def write_classification_card(output_dir: Path, *, base_model, config, data, mode, dataset_sizes, label_names,
+                              training_args, metrics, confusion, wall_seconds) -> ModelCard:
+    """Write `README.md` for a fine-tuned classifier: base model, data, training, test results with
+    the confusion matrix, how to load."""
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["scratch_gpt", "custom_code", "text-classification"] + (["lora", "peft"] if mode == "lora" else []),
+        license="apache-2.0",
+        base_model=base_model if "/" in str(base_model) and not Path(base_model).exists() else None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=(TEMPLATES / "classify.md").read_text(),
+        model_name=Path(output_dir).resolve().name,
+        base_model=base_model,
+        config=config,
+        data=data,
+        mode=mode,
+        dataset_sizes=dataset_sizes,
+        label_names=label_names,
+        args=training_args,
+        metrics=metrics,
+        confusion=confusion.tolist() if confusion is not None else None,
+        wall_seconds=wall_seconds,
+    )
+    card.save(Path(output_dir) / "README.md")
+    return card

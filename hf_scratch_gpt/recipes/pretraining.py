@@ -1,8 +1,4 @@
-"""Training recipes: thin assemblies of datasets, a model and `transformers.Trainer`.
-
-Each recipe takes dataclasses of arguments (the CLI fills them with `HfArgumentParser`), so it is
-as usable from Python as from the shell.
-"""
+"""Pretraining (chapter 5): a corpus, a tokenizer, a new or saved model, and `transformers.Trainer`."""
 
 import json
 import math
@@ -25,11 +21,11 @@ from transformers import (
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
-from .configuration_scratch_gpt import ScratchGPTConfig
-from .data import PYTHON_DOCS, build_lm_dataset, load_corpus
-from .hub import plot_losses, write_pretraining_card
-from .modeling_scratch_gpt import ScratchGPTForCausalLM
-from .tokenization import train_tokenizer
+from ..configuration_scratch_gpt import ScratchGPTConfig
+from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
+from ..hub import plot_losses, write_pretraining_card
+from ..modeling_scratch_gpt import ScratchGPTForCausalLM
+from ..tokenization import train_tokenizer
 
 
 @dataclass
