@@ -36,57 +36,41 @@ def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None
 def write_pretraining_card(output_dir: Path, *, config, n_params, data, dataset_sizes, max_length, stride, training_args,
                            metrics, tokens_seen, wall_seconds) -> ModelCard:
     """Write `README.md` for a pretrained model: shape, data, hyper-parameters, results, how to load."""
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["scratch_gpt", "custom_code", "text-generation"],
-        license="apache-2.0",
+    return _write_card(
+        output_dir, "pretrain.md", "text-generation", config=config, n_params=n_params, data=data,
+        dataset_sizes=dataset_sizes, max_length=max_length, stride=stride, args=training_args, metrics=metrics,
+        tokens_seen=tokens_seen, wall_seconds=wall_seconds,
     )
-    card = ModelCard.from_template(
-        card_data,
-        template_str=(TEMPLATES / "pretrain.md").read_text(),
-        model_name=Path(output_dir).resolve().name,
-        config=config,
-        n_params=n_params,
-        data=data,
-        dataset_sizes=dataset_sizes,
-        max_length=max_length,
-        stride=stride,
-        args=training_args,
-        metrics=metrics,
-        tokens_seen=tokens_seen,
-        wall_seconds=wall_seconds,
-    )
-    card.save(Path(output_dir) / "README.md")
-    return card
-
 
 
 def write_classification_card(output_dir: Path, *, base_model, config, data, mode, dataset_sizes, label_names,
                               training_args, metrics, confusion, wall_seconds) -> ModelCard:
     """Write `README.md` for a fine-tuned classifier: base model, data, training, test results with
     the confusion matrix, how to load."""
+    return _write_card(
+        output_dir, "classify.md", "text-classification", extra_tags=["lora", "peft"] if mode == "lora" else [],
+        base_model=base_model, config=config, data=data, mode=mode, dataset_sizes=dataset_sizes,
+        label_names=label_names, args=training_args, metrics=metrics,
+        confusion=confusion.tolist() if confusion is not None else None, wall_seconds=wall_seconds,
+    )
+
+
+def _write_card(output_dir: Path, template: str, pipeline_tag: str, extra_tags=(), base_model=None, **values):
+    """Render a `model_cards/` template under the metadata every card of ours carries."""
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["scratch_gpt", "custom_code", "text-classification"] + (["lora", "peft"] if mode == "lora" else []),
+        pipeline_tag=pipeline_tag,
+        tags=["scratch_gpt", "custom_code", pipeline_tag, *extra_tags],
         license="apache-2.0",
-        base_model=base_model if "/" in str(base_model) and not Path(base_model).exists() else None,
+        # The metadata names a base model only by Hub id; a local folder stays in the card's text.
+        base_model=base_model if base_model and "/" in str(base_model) and not Path(base_model).exists() else None,
     )
     card = ModelCard.from_template(
         card_data,
-        template_str=(TEMPLATES / "classify.md").read_text(),
+        template_str=(TEMPLATES / template).read_text(),
         model_name=Path(output_dir).resolve().name,
         base_model=base_model,
-        config=config,
-        data=data,
-        mode=mode,
-        dataset_sizes=dataset_sizes,
-        label_names=label_names,
-        args=training_args,
-        metrics=metrics,
-        confusion=confusion.tolist() if confusion is not None else None,
-        wall_seconds=wall_seconds,
+        **values,
     )
     card.save(Path(output_dir) / "README.md")
     return card

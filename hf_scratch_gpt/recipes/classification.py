@@ -72,8 +72,7 @@ def classification_metrics(label_names: list[str]):
     """`compute_metrics` for Trainer: accuracy, and precision / recall / F1 of every class."""
 
     def compute(prediction) -> dict:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predicted, actual = logits.argmax(-1), prediction.label_ids
+        predicted, actual = _predicted_ids(prediction.predictions), prediction.label_ids
         metrics = {"accuracy": float((predicted == actual).mean())}
         for i, name in enumerate(label_names):
             hits = int(((predicted == i) & (actual == i)).sum())
@@ -85,6 +84,11 @@ def classification_metrics(label_names: list[str]):
         return metrics
 
     return compute
+
+
+def _predicted_ids(predictions) -> np.ndarray:
+    """Class ids from what Trainer gathered: the logits, first of a tuple when the model returned more."""
+    return (predictions[0] if isinstance(predictions, tuple) else predictions).argmax(-1)
 
 
 def classify(args: ClassificationArguments, training_args: ClassificationTrainingArguments | None = None) -> dict:
@@ -145,7 +149,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     confusion = None
     if test is not None:
         confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
-        np.add.at(confusion, (test.label_ids, test.predictions.argmax(-1)), 1)
+        np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
     write_classification_card(
         output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
         dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
