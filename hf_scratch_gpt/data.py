@@ -12,45 +12,32 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from .tokenization import read_text_file
 
 PYTHON_DOCS = "python-docs"
-_STRUCTURED = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_TABLES = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "text") -> Dataset:
     """A `Dataset` with one document per row in a `text` column.
 
     `source` is `"python-docs"` (Python's bundled documentation: offline, everywhere), a text file,
-    a folder or glob of them (`.txt` files are whole documents; `.json`/`.jsonl`/`.csv`/`.parquet`
-    rows give `text_column`), or, with network, a Hub dataset name (its `train` split).
+    a folder or glob of them (`.txt` files are whole documents; rows of `.tsv`/`.csv`/`.json(l)`/`.parquet`
+    files give `text_column`), or, with network, a Hub dataset name (its `train` split).
     """
     if str(source) == PYTHON_DOCS:
         from pydoc_data.topics import topics
 
         return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
     files = _data_files(source, "Corpus")
-    if files is None:  # not a local path: a Hub dataset name
-        try:
-            hub_dataset = load_dataset(str(source), split="train")
-        except Exception as error:
-            raise ValueError(
-                f"Corpus {source!r} is not a local file, folder or glob, and loading it from the Hub failed: {error}"
-            ) from error
-        return _require_text(hub_dataset, text_column, str(source))
+    if files is None:
+        return _require_text(_load_hub(source, "Corpus"), text_column, str(source))
     suffixes = {Path(f).suffix.lower() for f in files}
     if suffixes <= {".txt", ".text", ".md", ""}:
-        builder = "text"
-    elif len(suffixes) == 1 and suffixes <= _STRUCTURED.keys():
-        builder = _STRUCTURED[suffixes.pop()]
-    else:
-        raise ValueError(
-            f"Corpus {source} has files of types {sorted(suffixes)}: use text files (.txt, .md), or files of "
-            f"one type among {sorted(_STRUCTURED)} with a {text_column!r} column."
-        )
-    if builder != "parquet":
         for f in files:
             read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
-    options = {"sample_by": "document"} if builder == "text" else {}  # a text file is one document
-    dataset = load_dataset(builder, data_files=files, split="train", **options)
-    dataset = _require_text(dataset, text_column if builder != "text" else "text", str(source))
+        dataset = load_dataset("text", data_files=files, split="train", sample_by="document")  # a file = a document
+        text_column = "text"
+    else:
+        dataset = _read_tables(source, files, also="text files (.txt, .md)")
+    dataset = _require_text(dataset, text_column, str(source))
     if not any(text.strip() for text in dataset["text"]):
         raise ValueError(f"Corpus {source} is empty: its {len(files)} file(s) hold no text.")
     return dataset
@@ -74,6 +61,34 @@ def _data_files(source, what: str) -> list[str] | None:
     if re.fullmatch(r"[\w-]+(/[\w.-]+)?", str(source)):  # looks like a Hub id: owner/name
         return None
     raise ValueError(f"{what} {source} does not exist.")
+
+
+def _load_hub(source, what: str) -> Dataset:
+    """The `train` split of a Hub dataset (needs network)."""
+    try:
+        return load_dataset(str(source), split="train")
+    except Exception as error:
+        raise ValueError(f"{what} {source!r} is not a local file, folder or glob, and loading it from the Hub "
+                         f"failed: {error}") from error
+
+
+def _read_tables(source, files: list[str], also: str | None = None) -> Dataset:
+    """Rows of TSV / CSV / JSON(L) / Parquet files of one type. Tab- and comma-separated files are read
+    as they are: no quoting in TSV (messages may start with a quote sign), and "NA" stays text."""
+    suffixes = {Path(f).suffix.lower() for f in files}
+    if len(suffixes) != 1 or not suffixes <= _TABLES.keys():
+        kinds = f"files of one type among {sorted(_TABLES)}" + (f", or {also}" if also else "")
+        raise ValueError(f"{source} has files of types {sorted(suffixes)}: use {kinds}.")
+    suffix = suffixes.pop()
+    options = {}
+    if _TABLES[suffix] == "csv":
+        options = {"delimiter": "\t" if suffix == ".tsv" else ",", "na_filter": False}
+        if suffix == ".tsv":
+            options["quoting"] = csv.QUOTE_NONE
+    if _TABLES[suffix] != "parquet":
+        for f in files:
+            read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
+    return load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
 
 
 def _require_text(dataset: Dataset, text_column: str, source: str) -> Dataset:
@@ -154,37 +169,14 @@ def _cut_windows(batch, start, end, max_length, stride):
     return {"input_ids": windows, "labels": windows}
 
 
-_TABLES = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
 def load_labelled(source: str | os.PathLike, text_column: str = "text", label_column: str = "label") -> Dataset:
     """A `Dataset` of `text` and `label` columns for classification.
 
     `source` is a TSV / CSV / JSON / JSONL / Parquet file (or a folder or glob of files of one type)
     holding `text_column` and `label_column`, or, with network, a Hub dataset name (its `train` split).
-    Tab- and comma-separated files are read as they are: no quoting, and "NA" stays text.
     """
     files = _data_files(source, "Data")
-    if files is None:
-        try:
-            dataset = load_dataset(str(source), split="train")
-        except Exception as error:
-            raise ValueError(f"Data {source!r} is not a local file, folder or glob, and loading it from the Hub "
-                             f"failed: {error}") from error
-    else:
-        suffixes = {Path(f).suffix.lower() for f in files}
-        if len(suffixes) != 1 or not suffixes <= _TABLES.keys():
-            raise ValueError(f"Data {source} has files of types {sorted(suffixes)}: use files of one type among "
-                             f"{sorted(_TABLES)}.")
-        suffix = suffixes.pop()
-        options = {}
-        if _TABLES[suffix] == "csv":
-            options = {"delimiter": "\t" if suffix == ".tsv" else ",", "na_filter": False}
-            if suffix == ".tsv":
-                options["quoting"] = csv.QUOTE_NONE  # messages may start with a quote sign
-            for f in files:
-                read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
-        dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
     missing = [c for c in (text_column, label_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"Data {source} has no column {missing[0]!r}; its columns are {dataset.column_names}. "

@@ -39,6 +39,8 @@ def test_structured_files_with_a_named_text_column(tmp_path):
     assert corpus.column_names == ["text"] and corpus["text"] == ["x", "y"]
     (tmp_path / "e.csv").write_text("text,label\nhello,1\nworld,0\n")
     assert load_corpus(tmp_path / "e.csv")["text"] == ["hello", "world"]
+    (tmp_path / "f.tsv").write_text('Label\tSMS\nham\t"quoted, as typed\nspam\tNA\n')
+    assert load_corpus(tmp_path / "f.tsv", text_column="SMS")["text"] == ['"quoted, as typed', "NA"]
 
 
 @pytest.mark.parametrize(
