@@ -1,12 +1,15 @@
-"""Data with `datasets`: corpora cut into windows (chapter 2), labelled texts for classification (chapter 6)."""
+"""Data with `datasets`: corpora cut into windows (chapter 2), labelled texts for classification (chapter 6),
+instruction records and their collator (chapter 7)."""
 
 import csv
 import glob
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from .tokenization import read_text_file
@@ -203,9 +206,7 @@ def build_classification_dataset(
     Rows are shuffled with `seed` and cut by `fractions`; texts are truncated to `max_length`
     tokens and left unpadded (a collator pads each batch).
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions={list(fractions)} is invalid: give three non-negative train / validation / "
-                         "test fractions that sum to 1.")
+    _check_fractions(fractions)
     if not isinstance(max_length, int) or max_length <= 0:
         raise ValueError(f"max_length={max_length!r} is invalid: it must be a positive integer.")
     dataset = dataset.filter(lambda row: bool(str(row["text"]).strip()), desc="Dropping empty texts")
@@ -220,8 +221,34 @@ def build_classification_dataset(
         smallest = min(np.bincount(labels, minlength=len(names)))
         keep = [rng.choice(np.flatnonzero(labels == c), smallest, replace=False) for c in range(len(names))]
         dataset = dataset.select(np.sort(np.concatenate(keep)))
+    splits = split_dataset(dataset, fractions, seed)
+    seen = set(splits["train"]["label"])
+    for split, rows in splits.items():
+        unseen = sorted(names[i] for i in set(rows["label"]) - seen)
+        if unseen:
+            raise ValueError(f"The {split} split has label(s) {unseen} that the train split never shows; "
+                             "give more examples of them, or another split_seed.")
 
-    dataset = dataset.shuffle(seed=seed)
+    def tokenize(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    tokenized = splits.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
+    return tokenized.rename_column("label", "labels")
+
+
+def _check_fractions(fractions) -> None:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions={list(fractions)} is invalid: give three non-negative train / validation / "
+                         "test fractions that sum to 1.")
+
+
+def split_dataset(dataset: Dataset, fractions=(0.7, 0.1, 0.2), seed: int | None = 123) -> DatasetDict:
+    """Train / validation / test splits holding `fractions` of the rows (rounded down, the test split
+    takes the rest), after a shuffle with `seed` (`None` keeps the order). A split of fraction 0 is
+    left out; any other split that would be empty is an error."""
+    _check_fractions(fractions)
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed)
     n = len(dataset)
     train_end = int(n * fractions[0])
     validation_end = train_end + int(n * fractions[1])
@@ -229,11 +256,96 @@ def build_classification_dataset(
     for (split, (start, end)), fraction in zip(bounds.items(), fractions):
         if fraction > 0 and end <= start:
             raise ValueError(f"The {split} split is empty: {n} rows x {fraction} < 1. Use more data or other fractions.")
-
-    def tokenize(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
-
-    tokenized = dataset.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
-    tokenized = tokenized.rename_column("label", "labels")
-    return DatasetDict({split: tokenized.select(range(start, end)) for split, (start, end) in bounds.items()
+    return DatasetDict({split: dataset.select(range(start, end)) for split, (start, end) in bounds.items()
                         if end > start})
+
+
+INSTRUCTION_FIELDS = ("instruction", "input", "output")
+
+
+def load_instructions(source: str | os.PathLike) -> Dataset:
+    """Alpaca-style records with `instruction`, `input` (optional: missing or null becomes "") and
+    `output` strings, from a JSON list of records, JSONL, CSV / TSV / Parquet, or a Hub dataset."""
+    files = _data_files(source, "Data")
+    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
+    missing = [name for name in ("instruction", "output") if name not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Data {source} has records without an {missing[0]!r} field; their fields are "
+                         f"{dataset.column_names}. Instruction data needs 'instruction' and 'output' "
+                         "(and optionally 'input') in every record.")
+    if "input" not in dataset.column_names:
+        dataset = dataset.add_column("input", [""] * len(dataset))
+    dataset = dataset.select_columns(list(INSTRUCTION_FIELDS))
+    if len(dataset) == 0:
+        raise ValueError(f"Data {source} holds no records.")
+    return dataset.map(lambda row: {k: "" if row[k] is None else str(row[k]) for k in INSTRUCTION_FIELDS})
+
+
+def instruction_messages(record: dict, with_response: bool = True) -> list[dict]:
+    """A record as chat messages for the Alpaca template: the instruction, its input if any, the response."""
+    messages = [{"role": "user", "content": record["instruction"]}]
+    if record.get("input"):
+        messages.append({"role": "input", "content": record["input"]})
+    if with_response:
+        messages.append({"role": "assistant", "content": record["output"]})
+    return messages
+
+
+def build_instruction_dataset(
+    dataset: Dataset, tokenizer, fractions=(0.85, 0.05, 0.10), seed: int | None = None
+) -> DatasetDict:
+    """Train / validation / test splits of instruction records, formatted by the tokenizer's chat template.
+
+    Each row keeps its fields and gains `input_ids` (prompt, response, end-of-text) and
+    `prompt_length` (how many of them are prompt). Prompt and response are tokenized apart, so the
+    prompt tokens are exactly those `apply_chat_template(..., add_generation_prompt=True)` gives at
+    generation time. The default keeps the file's order, as the book splits its shuffled set.
+    """
+    if tokenizer.chat_template is None:
+        raise ValueError("The tokenizer has no chat template to format instructions with; set "
+                         "tokenizer.chat_template (hf_scratch_gpt.tokenization.ALPACA_CHAT_TEMPLATE is the book's).")
+
+    def tokenize(record):
+        prompt = tokenizer.apply_chat_template(instruction_messages(record, False), tokenize=False,
+                                               add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(instruction_messages(record), tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("The chat template writes the prompt differently when a response follows; "
+                             "use a template whose generation prompt is a prefix of the full conversation.")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        response_ids = tokenizer(full[len(prompt):], add_special_tokens=False).input_ids
+        return {"input_ids": prompt_ids + response_ids, "prompt_length": len(prompt_ids)}
+
+    return split_dataset(dataset, fractions, seed).map(tokenize, desc="Formatting and tokenizing")
+
+
+@dataclass
+class InstructionCollator:
+    """Batches of instruction rows for causal-LM training (the book's `custom_collate_fn`).
+
+    Rows are cut to `max_length` and padded on the right with `pad_token_id`. `labels` equal
+    `input_ids` (the model shifts them) except -100 on the padding, and on the prompt when
+    `mask_prompt` (the loss then scores the response only). Padding is told apart by position,
+    not by id, so the end-of-text token that ends each response stays a target even when it is
+    also the pad token: the model learns to stop.
+    """
+
+    pad_token_id: int
+    max_length: int | None = None
+    mask_prompt: bool = True
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [list(f["input_ids"])[: self.max_length] for f in features]
+        width = max(map(len, rows))
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(rows), width), self.pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, -100)
+        for i, (feature, row) in enumerate(zip(features, rows)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+            first_target = min(feature["prompt_length"], len(row)) if self.mask_prompt else 0
+            labels[i, first_target : len(row)] = input_ids[i, first_target : len(row)]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

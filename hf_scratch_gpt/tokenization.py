@@ -1,5 +1,6 @@
 """Tokenizers (chapter 2), built with the `tokenizers` library and wrapped as `PreTrainedTokenizerFast`,
-so they save with `save_pretrained` and load with `AutoTokenizer`."""
+so they save with `save_pretrained` and load with `AutoTokenizer`; and the instruction prompt (chapter 7)
+as a chat template."""
 
 import json
 import os
@@ -11,6 +12,29 @@ from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+# The book's Alpaca prompt as a chat template, so that `apply_chat_template` writes exactly the text a model
+# was fine-tuned on. Roles: an optional `system` message replaces the preamble; `user` holds the instruction;
+# an optional `input` message holds the instruction's input; `assistant` holds the response, which ends with
+# the end-of-text token (the model learns to stop there).
+ALPACA_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- messages[0]['content'] -}}{%- set messages = messages[1:] -%}"
+    "{%- else -%}{{- '" + ALPACA_PREAMBLE + "' -}}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- '\n\n### Instruction:\n' + message['content'] -}}"
+    "{%- elif message['role'] == 'input' -%}"
+    "{%- if message['content'] -%}{{- '\n\n### Input:\n' + message['content'] -}}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}{{- '\n\n### Response:\n' + message['content'] + eos_token -}}"
+    "{%- else -%}{{- raise_exception('The Alpaca template knows the roles system, user, input and assistant, "
+    "not ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '\n\n### Response:\n' -}}{%- endif -%}"
+)
 
 
 def train_tokenizer(

@@ -141,27 +141,6 @@ def test_lora_classifier_learns_and_saves_merged_and_adapter(sms_tsv, base_model
     assert "Confusion matrix" in card.text and f"{metrics['test_accuracy']:.4f}" in card.text
 
 
-def test_last_block_mode_trains_only_the_last_block_norm_and_head(sms_tsv, base_model, tmp_path):
-    from hf_scratch_gpt.recipes.classification import _base_classifier, _make_trainable
-
-    args, _ = run_args(base_model, sms_tsv, tmp_path / "x", mode="last_block")
-    model = _make_trainable(_base_classifier(str(base_model), ["ham", "spam"], 0), args)
-    trainable = {name.split(".")[1] if name.startswith("model.") else name.split(".")[0]
-                 for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"trf_blocks", "final_norm", "score"}
-    assert all(not p.requires_grad for p in model.model.trf_blocks[0].parameters())
-
-
-def test_gpt2_base_gives_its_weights_to_the_body(tmp_path):
-    from hf_scratch_gpt.recipes.classification import _base_classifier
-
-    gpt2 = tiny_gpt2()
-    gpt2.save_pretrained(tmp_path / "gpt2")
-    model = _base_classifier(str(tmp_path / "gpt2"), ["no", "yes"], 0)
-    assert torch.equal(model.model.tok_emb.weight, gpt2.transformer.wte.weight)
-    assert model.config.id2label == {0: "no", 1: "yes"} and model.score.out_features == 2
-
-
 def test_cli_classify(sms_tsv, base_model, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["classify", "--model", str(base_model), "--data", str(sms_tsv), "--text_column", "SMS",

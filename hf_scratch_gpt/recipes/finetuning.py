@@ -1,0 +1,115 @@
+"""What the fine-tuning recipes share: the base model (ours, or GPT-2's converted on the way in), what
+trains (PEFT LoRA, everything, or the book's last blocks), and the folders a run leaves."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from ..convert import from_gpt2
+
+LORA_TARGETS = ["qkv", "out_proj", "fc_in", "fc_out"]  # every linear layer of every block
+
+
+@dataclass
+class FineTuningArguments:
+    """The base model, the data and what is trained."""
+
+    model: str = field(metadata={"help": "A model this package saved, or a GPT-2 folder or Hub id."})
+    data: str = field(metadata={"help": "A data file, folder or glob, or a Hub dataset."})
+    max_length: int | None = field(default=None, metadata={"help": "Cut examples to this many tokens "
+                                                                    "(default: the model's context length)."})
+    split_seed: int | None = field(default=123, metadata={"help": "Seed of the shuffle before splitting."})
+    mode: Literal["lora", "full", "last_block", "last_two_blocks"] = field(
+        default="lora", metadata={"help": "What trains: LoRA adapters, everything, or the last block(s) with "
+                                          "the final norm and the head."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS),
+                                           metadata={"help": "Linear layers that get adapters."})
+
+
+def load_tokenizer(source: str):
+    """The base model's tokenizer, padding with end-of-text when it has no pad token (as the book does)."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(source: str, model_class, tokenizer, **config_updates):
+    """`model_class` holding the weights of `source` (a model of ours, or GPT-2's converted) and, when
+    its head is new, initialised as `from_pretrained` initialises missing weights."""
+    model_type = AutoConfig.from_pretrained(source).model_type
+    if model_type == "gpt2":
+        converted = from_gpt2(source)
+        converted.config.update(config_updates)
+        if isinstance(converted, model_class):
+            model = converted
+        else:
+            model = model_class(converted.config)
+            model.model.load_state_dict(converted.model.state_dict())
+    elif model_type == "scratch_gpt":
+        model = model_class.from_pretrained(source, **config_updates)
+    else:
+        raise ValueError(f"{source} holds a {model_type!r} model; give a model this package saved, or a GPT-2 one.")
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocabulary holds "
+                         f"{model.config.vocab_size}: give the tokenizer the model was trained with.")
+    return model
+
+
+def context_max_length(max_length: int | None, config) -> int:
+    """`max_length`, defaulting to and bounded by the context length of `config` (ours or GPT-2's)."""
+    context = config.max_position_embeddings
+    max_length = max_length or context
+    if max_length <= 0 or max_length > context:
+        raise ValueError(f"max_length={max_length} is invalid: it must be between 1 and the model's context "
+                         f"length {context}.")
+    return max_length
+
+
+def make_trainable(model, args: FineTuningArguments, task_type: str, head: str):
+    """LoRA adapters through PEFT (a new `head` trains in full), everything, or the book's last
+    block(s) + final norm + `head`. A tied output head stays tied: LoRA never touches it."""
+    if args.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if args.lora_r <= 0:
+            raise ValueError(f"lora_r={args.lora_r} is invalid: the LoRA rank must be a positive integer.")
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)} - {head})
+        unknown = [name for name in args.lora_target_modules if name not in linear]
+        if unknown:
+            raise ValueError(f"LoRA target module(s) {unknown} do not exist in the model; its linear layers "
+                             f"are {linear}.")
+        config = LoraConfig(task_type=task_type, r=args.lora_r, lora_alpha=args.lora_alpha,
+                            lora_dropout=args.lora_dropout, target_modules=list(args.lora_target_modules),
+                            modules_to_save=[head] if task_type == "SEQ_CLS" else None)
+        return get_peft_model(model, config)
+    if args.mode != "full":
+        blocks = 1 if args.mode == "last_block" else 2
+        model.requires_grad_(False)
+        for module in (*model.model.trf_blocks[-blocks:], model.model.final_norm, getattr(model, head)):
+            module.requires_grad_(True)
+    return model
+
+
+def save_model(model, tokenizer, output_dir: Path, mode: str):
+    """Write the trained model and its tokenizer to `output_dir`; for LoRA also the adapter to
+    `output_dir/adapter`, with the merged model in `output_dir` itself. Returns the saved model."""
+    if mode == "lora":
+        model.save_pretrained(output_dir / "adapter")
+        tokenizer.save_pretrained(output_dir / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return model
+
+
+def check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"Output folder {output_dir} is a file.")
