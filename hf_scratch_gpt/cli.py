@@ -15,24 +15,31 @@ from transformers import HfArgumentParser
 
 
 @dataclass
-class GenerateArguments:
-    prompt: str = field(default="Every effort moves you", metadata={"help": "Text to continue."})
-    max_new_tokens: int = field(default=50, metadata={"help": "How many tokens to add."})
+class SamplingArguments:
+    max_new_tokens: int = field(default=50, metadata={"help": "How many tokens to add at most (capped by the room left in the context)."})
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; above 0 samples."})
     top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens only."})
     top_p: float | None = field(default=None, metadata={"help": "Sample from the smallest set with this mass."})
-    stream: bool = field(default=False, metadata={"help": "Print tokens as they are generated."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
 
-def generate_command(args: GenerateArguments, model_dir: str) -> None:
-    """Continue a prompt with a saved model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+@dataclass
+class GenerateArguments(SamplingArguments):
+    prompt: str = field(default="Every effort moves you", metadata={"help": "Text to continue."})
+    stream: bool = field(default=False, metadata={"help": "Print tokens as they are generated."})
+
+
+@dataclass
+class ChatArguments(SamplingArguments):
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest reply."})
+
+
+def _load_for_generation(args: SamplingArguments, model_dir: str):
+    """Check the sampling flags, then load a saved causal LM and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # the reply is the output: no loading bars around it
-
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
     if args.temperature < 0:
@@ -40,14 +47,22 @@ def generate_command(args: GenerateArguments, model_dir: str) -> None:
     set_seed(args.seed)
     _require_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    inputs = tokenizer(args.prompt, return_tensors="pt")
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def _generate(model, tokenizer, args: SamplingArguments, inputs, streamer=None):
+    """`model.generate` with the sampling flags, its reply capped by the room left in the context."""
+    import torch
+
+    room = model.config.max_position_embeddings - inputs["input_ids"].shape[1]
+    if room <= 0:
+        raise ValueError(f"The prompt has {inputs['input_ids'].shape[1]} tokens, which fills the model's context of "
+                         f"{model.config.max_position_embeddings}; shorten it.")
     sampling = args.temperature > 0
-    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
     with torch.no_grad():
-        output = model.generate(
+        return model.generate(
             **inputs,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=min(args.max_new_tokens, room),
             do_sample=sampling,
             temperature=args.temperature if sampling else None,
             top_k=args.top_k if sampling else None,
@@ -55,8 +70,40 @@ def generate_command(args: GenerateArguments, model_dir: str) -> None:
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             streamer=streamer,
         )
+
+
+def generate_command(args: GenerateArguments, model_dir: str) -> None:
+    """Continue a prompt with a saved model."""
+    from transformers import TextStreamer
+
+    tokenizer, model = _load_for_generation(args, model_dir)
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
+    output = _generate(model, tokenizer, args, tokenizer(args.prompt, return_tensors="pt"), streamer)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
+
+
+def chat_command(args: ChatArguments, model_dir: str) -> None:
+    """Answer instructions read line by line from standard input, streaming each reply. Every line is a
+    new conversation in the model's chat template (the models `instruct` trains saw one turn each)."""
+    from transformers import TextStreamer
+
+    tokenizer, model = _load_for_generation(args, model_dir)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{model_dir} has no chat template; chat with a model trained by `hf-scratch-gpt instruct`, "
+                         "or use `hf-scratch-gpt generate` to continue plain text.")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type an instruction and press Enter; an empty line or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line.strip():
+            break
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": line.strip()}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        _generate(model, tokenizer, args, inputs, TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
 
 
 def pretrain_command(model_args, data_args, training_args) -> None:
@@ -75,6 +122,15 @@ def classify_command(args, training_args) -> None:
     metrics = classify(args, training_args)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test_accuracy", "eval_accuracy"))
     print(f"Saved the classifier to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+
+
+def instruct_command(args, training_args) -> None:
+    """Fine-tune a model to follow instructions (see `recipes.instruct`)."""
+    from .recipes import instruct
+
+    metrics = instruct(args, training_args)
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("base_test_loss", "test_loss", "word_f1"))
+    print(f"Saved the instruction model to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
 
 
 def convert_command(source: str, destination: str) -> None:
@@ -142,15 +198,28 @@ def _classify_flags():
     return [ClassificationArguments, ClassificationTrainingArguments]
 
 
+def _instruct_flags():
+    from .recipes import InstructionArguments, InstructionTrainingArguments
+
+    return [InstructionArguments, InstructionTrainingArguments]
+
+
 # name: (positional arguments, flag dataclasses, function(*flags, *positionals), help)
 COMMANDS = {
     "pretrain": ([], _pretrain_flags, pretrain_command, "Pretrain a model on a corpus with Trainer."),
     "classify": ([], _classify_flags, classify_command, "Fine-tune a classifier (LoRA by default) with Trainer."),
+    "instruct": ([], _instruct_flags, instruct_command, "Fine-tune a model to follow instructions (LoRA by default)."),
     "generate": (
         [("model_dir", {"help": "Saved model folder."})],
         lambda: [GenerateArguments],
         generate_command,
         "Continue a prompt with a saved model.",
+    ),
+    "chat": (
+        [("model_dir", {"help": "Instruction model folder."})],
+        lambda: [ChatArguments],
+        chat_command,
+        "Chat with an instruction model: one instruction per line on standard input, replies streamed.",
     ),
     "convert": (
         [("source", {"help": "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."}), ("destination", {"help": "Output folder."})],

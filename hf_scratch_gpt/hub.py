@@ -55,6 +55,18 @@ def write_classification_card(output_dir: Path, *, base_model, config, data, mod
     )
 
 
+def write_instruction_card(output_dir: Path, *, base_model, config, data, mode, mask_prompt, dataset_sizes,
+                           training_args, metrics, examples, wall_seconds) -> ModelCard:
+    """Write `README.md` for an instruction-following model: base model, data, prompt format,
+    training, test results with a few responses, how to chat with it."""
+    return _write_card(
+        output_dir, "instruct.md", "text-generation", extra_tags=["lora", "peft"] if mode == "lora" else [],
+        base_model=base_model, config=config, data=data, mode=mode, mask_prompt=mask_prompt,
+        dataset_sizes=dataset_sizes, args=training_args, metrics=metrics, examples=examples,
+        wall_seconds=wall_seconds,
+    )
+
+
 def _write_card(output_dir: Path, template: str, pipeline_tag: str, extra_tags=(), base_model=None, **values):
     """Render a `model_cards/` template under the metadata every card of ours carries."""
     card_data = ModelCardData(

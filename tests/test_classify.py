@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -104,6 +105,21 @@ def test_a_single_class_is_refused(tmp_path, base_model):
     path.write_text("text,label\nhello,ham\nbye,ham\n")
     with pytest.raises(ValueError, match="single class"):
         build_classification_dataset(load_labelled(path), AutoTokenizer.from_pretrained(base_model), 16)
+
+
+def test_a_label_the_train_split_never_shows_is_refused(tmp_path, base_model):
+    path = tmp_path / "rare.csv"
+    rows = [f"ham {i},ham" for i in range(10)] + [f"spam {i},spam" for i in range(10)] + ["odd one,other"]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    for seed in range(50):  # find a shuffle that puts the lone 'other' outside the train split
+        try:
+            build_classification_dataset(load_labelled(path), tokenizer, 16, seed=seed)
+        except ValueError as error:
+            assert re.search(r"The (validation|test) split has label\(s\) \['other'\] that the train split never "
+                             "shows", str(error))
+            return
+    pytest.fail("no seed put the lone label outside the train split")
 
 
 def test_lora_classifier_learns_and_saves_merged_and_adapter(sms_tsv, base_model, tmp_path):

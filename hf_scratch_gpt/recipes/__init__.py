@@ -5,14 +5,18 @@ as usable from Python as from the shell.
 """
 
 from .classification import ClassificationArguments, ClassificationTrainingArguments, classify
+from .instruction import InstructionArguments, InstructionTrainingArguments, instruct
 from .pretraining import DataArguments, ModelArguments, PretrainingArguments, pretrain
 
 __all__ = [
     "ClassificationArguments",
     "ClassificationTrainingArguments",
     "DataArguments",
+    "InstructionArguments",
+    "InstructionTrainingArguments",
     "ModelArguments",
     "PretrainingArguments",
     "classify",
+    "instruct",
     "pretrain",
 ]

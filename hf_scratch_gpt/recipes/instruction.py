@@ -1,0 +1,137 @@
+"""Instruction fine-tuning (chapter 7): Alpaca-style records in the book's prompt (the tokenizer's chat
+template), a response-only loss, LoRA or full training with `transformers.Trainer`, then greedy
+responses to the test split, scored."""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy
+
+from ..data import InstructionCollator, build_instruction_dataset, load_instructions
+from ..evaluation import Judge, generate_responses, response_scores
+from ..hub import plot_losses, write_instruction_card
+from ..modeling_scratch_gpt import ScratchGPTForCausalLM
+from ..tokenization import ALPACA_CHAT_TEMPLATE
+from .finetuning import (
+    FineTuningArguments,
+    check_output_dir,
+    context_max_length,
+    load_base,
+    load_tokenizer,
+    make_trainable,
+    save_model,
+)
+from .pretraining import LanguageModelTrainer
+
+
+@dataclass
+class InstructionArguments(FineTuningArguments):
+    """The base model, the instruction records, what is trained and how the result is judged."""
+
+    data: str = field(metadata={"help": "Alpaca-style records (instruction, input, output): a JSON list, "
+                                        "JSONL, folder or glob, or a Hub dataset."})
+    split_fractions: list[float] = field(default_factory=lambda: [0.85, 0.05, 0.10],
+                                         metadata={"help": "Train, validation and test fractions."})
+    split_seed: int | None = field(default=None, metadata={"help": "Shuffle before splitting with this seed "
+                                                                   "(default: keep the file's order, as the book)."})
+    mask_prompt: bool = field(default=True, metadata={"help": "Score the response tokens only (the prompt "
+                                                              "tokens get label -100)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest response generated for the test split."})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint of a judge model "
+                                                                  "that scores test responses 0-100, e.g. Ollama's "
+                                                                  "http://localhost:11434/v1 (default: no judge)."})
+    judge_model: str = field(default="llama3", metadata={"help": "The judge's model name."})
+
+
+@dataclass
+class InstructionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the book's instruction fine-tuning defaults: 2 epochs, batch 8, AdamW
+    5e-5 with weight decay 0.1; validation loss every epoch."""
+
+    output_dir: str | None = field(default="scratch-gpt-instruct", metadata={"help": "Where the model goes."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
+    num_train_epochs: float = field(default=2, metadata={"help": "Epochs over the training split."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the last two checkpoints."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `prompt_length` for the collator."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
+
+
+def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None) -> dict:
+    """Fine-tune a model to follow instructions; returns the test metrics.
+
+    Metrics: `base_test_loss` (before training) and `test_loss` / `test_perplexity` (after) on the
+    response tokens of the test split; `exact_match` and `word_f1` of the greedy responses; the mean
+    `judge_score` when a judge is given. The output folder holds the merged model with its tokenizer
+    (whose chat template is the book's Alpaca prompt), `adapter/` for LoRA, `test_responses.json`
+    (each test record plus `model_response`), `test_results.json`, `loss.png` and a `README.md` card.
+    """
+    training_args = training_args or InstructionTrainingArguments()
+    start = time.perf_counter()
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    check_output_dir(output_dir)
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
+    judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
+    if judge:
+        judge.check()
+
+    tokenizer = load_tokenizer(args.model)
+    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+    model = load_base(args.model, ScratchGPTForCausalLM, tokenizer)
+    tokenizer.model_max_length = model.config.context_length
+    max_length = context_max_length(args.max_length, model.config)
+    datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
+                                         args.split_seed)
+    model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
+    trainer = LanguageModelTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("validation"),
+        processing_class=tokenizer,
+        data_collator=InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt),
+    )
+    test = datasets.get("test")
+    metrics = trainer.evaluate(test, metric_key_prefix="base_test") if test is not None else {}
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if test is not None:
+        metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
+        metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
+    if not trainer.is_world_process_zero():
+        return metrics
+
+    model = save_model(model, tokenizer, output_dir, args.mode)
+    responses = []
+    if test is not None:
+        records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
+        replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
+                                     training_args.per_device_eval_batch_size)
+        responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
+        metrics.update(response_scores(replies, [r["output"] for r in records]))
+        if judge:
+            for response in responses:
+                response["judge_score"] = judge.score(response, response["model_response"])
+            metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+        (output_dir / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
+    (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
+    plot_losses(trainer.state.log_history, output_dir / "loss.png")
+    write_instruction_card(
+        output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
+        mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
+        training_args=training_args, metrics=metrics, examples=responses[:3],
+        wall_seconds=time.perf_counter() - start,
+    )
+    (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
