@@ -1,5 +1,6 @@
 """What a run leaves for people: the loss plot and the model card (rendered with huggingface_hub)."""
 
+import shutil
 from importlib.resources import files
 from pathlib import Path
 
@@ -65,6 +66,21 @@ def write_instruction_card(output_dir: Path, *, base_model, config, data, mode, 
         dataset_sizes=dataset_sizes, args=training_args, metrics=metrics, examples=examples,
         wall_seconds=wall_seconds,
     )
+
+
+def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> ModelCard:
+    """The fine-tuned model's card and loss plot, for its LoRA adapter folder: PEFT metadata, and how
+    to put the adapter on its base model (PEFT's own card would be an empty form)."""
+    adapter_card = ModelCard(str(card))
+    adapter_card.data.library_name = "peft"
+    adapter_card.text = (
+        f"\n*This folder is the LoRA adapter of the model below, for the base model `{base_model}`: "
+        "`PeftModel.from_pretrained(AutoModelFor...from_pretrained(BASE), THIS_FOLDER)`. "
+        "The parent folder holds the same model with the adapter merged in.*\n" + adapter_card.text
+    )
+    adapter_card.save(Path(adapter_dir) / "README.md")
+    shutil.copyfile(Path(adapter_dir).parent / "loss.png", Path(adapter_dir) / "loss.png")
+    return adapter_card
 
 
 def _write_card(output_dir: Path, template: str, pipeline_tag: str, extra_tags=(), base_model=None, **values):

@@ -223,6 +223,9 @@ def test_lora_instruct_end_to_end(data_file, base_model, tmp_path, judge_url):
     assert card.data.pipeline_tag == "text-generation" and "peft" in card.data.tags
     assert f"{metrics['test_loss']:.4f}" in card.text and (out / "loss.png").stat().st_size > 1000
     assert json.loads((out / "test_results.json").read_text()) == pytest.approx(metrics)
+    adapter_card = ModelCard.load(out / "adapter" / "README.md")
+    assert adapter_card.data.library_name == "peft" and f"base model `{base_model}`" in adapter_card.text
+    assert (out / "adapter" / "loss.png").is_file() and (out / "adapter" / "chat_template.jinja").is_file()
 
 
 def test_cli_instruct_then_chat(data_file, base_model, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingA
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import build_classification_dataset, load_labelled
-from ..hub import plot_losses, write_classification_card
+from ..hub import plot_losses, write_adapter_card, write_classification_card
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .finetuning import (
     FineTuningArguments,
@@ -124,11 +124,13 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     if test is not None:
         confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
         np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
-    write_classification_card(
+    card = write_classification_card(
         output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
         dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
         training_args=training_args, metrics=metrics, confusion=confusion, wall_seconds=time.perf_counter() - start,
     )
+    if args.mode == "lora":
+        write_adapter_card(output_dir / "adapter", card, args.model)
     (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

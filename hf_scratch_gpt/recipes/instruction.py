@@ -14,7 +14,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
-from ..hub import plot_losses, write_instruction_card
+from ..hub import plot_losses, write_adapter_card, write_instruction_card
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
 from .finetuning import (
@@ -127,11 +127,13 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
         (output_dir / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
     (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
     plot_losses(trainer.state.log_history, output_dir / "loss.png")
-    write_instruction_card(
+    card = write_instruction_card(
         output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
         mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
         training_args=training_args, metrics=metrics, examples=responses[:3],
         wall_seconds=time.perf_counter() - start,
     )
+    if args.mode == "lora":
+        write_adapter_card(output_dir / "adapter", card, args.model)
     (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
