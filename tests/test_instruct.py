@@ -198,7 +198,8 @@ def test_lora_instruct_end_to_end(data_file, base_model, tmp_path, judge_url):
     args = InstructionArguments(model=str(base_model), data=str(data_file), lora_r=16, lora_alpha=32,
                                 max_new_tokens=12, judge_url=judge_url)
     training = InstructionTrainingArguments(output_dir=str(out), num_train_epochs=3, learning_rate=1e-2,
-                                            disable_tqdm=True, dataloader_pin_memory=False, seed=0)
+                                            gradient_checkpointing=True, disable_tqdm=True,
+                                            dataloader_pin_memory=False, seed=0)
     metrics = instruct(args, training)
     assert metrics["test_loss"] < metrics["base_test_loss"] - 0.2
     assert metrics["test_perplexity"] == pytest.approx(torch.tensor(metrics["test_loss"]).exp().item(), rel=1e-6)
