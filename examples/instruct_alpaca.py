@@ -1,18 +1,22 @@
 """Chapter 7 end to end on a CPU: pretrain a small base model, then fine-tune it to follow instructions.
 
-1. Pretraining: a byte-level BPE tokenizer (4,096 tokens) and a 4-layer, 256-dim model with a context
-   of 256, trained with `recipes.pretrain` on Python's bundled documentation (English prose that ships
-   with every CPython; no download).
+1. Pretraining with `recipes.pretrain`: a byte-level BPE tokenizer of 4,096 tokens and a model of 4
+   layers, 4 heads, 128 dims and a context of 256 (long enough for every record of the book's set),
+   600 steps of 16 windows of 128 tokens on Python's bundled documentation (English prose that ships
+   with every CPython: no download; about 112k tokens, so the base is weak and its validation loss
+   stops improving near 5.2).
 2. Instruction fine-tuning with `recipes.instruct` on the book's 1,100 Alpaca-style records, split as
    the book does (85% train, 5% validation, 10% test, file order): the book's Alpaca prompt as the
-   tokenizer's chat template, response-only loss, all weights trained (the book's chapter 7 choice;
-   `--mode lora` trains adapters instead).
-3. Greedy responses to the test instructions, written to `test_responses.json` as the book does.
+   tokenizer's chat template, response-only loss, all weights trained (`--mode lora` trains adapters
+   instead), 5 epochs of batches of 8 at 1e-3.
+3. Greedy responses to the 110 test instructions, written to `tuned/test_responses.json` as the book does.
 
     python examples/instruct_alpaca.py --data ../shared/data/instruction-data.json
 
 The last line printed is `base_test_loss=<float> tuned_test_loss=<float> wall_s=<float>`: the loss of
-the test responses' tokens under the pretrained model, and under the fine-tuned one.
+the test responses' tokens under the pretrained model and under the fine-tuned one. Measured on 2 CPU
+cores: 6.908 -> 3.977 in 254 s. A model this small, pretrained on this little text, learns the format
+and the style of the answers, not their content: exact match is 0 and word F1 about 0.19.
 """
 
 import time
@@ -54,7 +58,7 @@ def main():
     )
     metrics = instruct(
         InstructionArguments(model=str(output / "base"), data=cli.data, mode=cli.mode, max_new_tokens=128),
-        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=3, per_device_eval_batch_size=16,
+        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=5, per_device_eval_batch_size=16,
                                      learning_rate=1e-3 if cli.mode == "full" else 3e-3, **quiet),
     )
     print(f"exact_match={metrics['exact_match']:.4f} word_f1={metrics['word_f1']:.4f}")
