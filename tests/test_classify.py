@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_gpt2
 from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
