@@ -138,12 +138,14 @@ def convert_command(source: str, destination: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .convert import from_gpt2, to_gpt2
+    from .hub import write_conversion_card
 
     model_type = AutoConfig.from_pretrained(source).model_type
     if model_type == "gpt2":
-        converted = from_gpt2(source)
+        converted = scratch = from_gpt2(source)
     elif model_type == "scratch_gpt":
-        converted = to_gpt2(AutoModelForCausalLM.from_pretrained(source))
+        scratch = AutoModelForCausalLM.from_pretrained(source)
+        converted = to_gpt2(scratch)
     else:
         raise ValueError(f"{source} holds a {model_type!r} model; convert reads 'gpt2' or 'scratch_gpt' checkpoints.")
     try:
@@ -154,7 +156,26 @@ def convert_command(source: str, destination: str) -> None:
         converted.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        write_conversion_card(Path(staging), model_name=Path(destination).name, source=source, scratch_model=scratch,
+                              target_type=converted.config.model_type)
     print(f"Saved {type(converted).__name__} to {destination}")
+
+
+@dataclass
+class PushArguments:
+    private: bool = field(default=False, metadata={"help": "Create the repo as private (an existing repo keeps its visibility)."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created if missing; default: main)."})
+    commit_message: str | None = field(default=None, metadata={"help": "Message of the commit."})
+
+
+def push_command(args: PushArguments, folder: str, repo_id: str) -> None:
+    """Upload a saved folder to the Hub in one commit (token from `hf auth login` or HF_TOKEN)."""
+    from .hub import push_to_hub
+
+    _require_model_dir(folder)
+    url = push_to_hub(folder, repo_id, private=args.private or None, revision=args.revision,
+                      commit_message=args.commit_message)
+    print(f"Pushed {folder} to {url}")
 
 
 def _require_model_dir(path: str) -> None:
@@ -226,6 +247,13 @@ COMMANDS = {
         lambda: [],
         convert_command,
         "Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).",
+    ),
+    "push": (
+        [("folder", {"help": "Folder to upload (a model or adapter folder)."}),
+         ("repo_id", {"help": "Hub repo: owner/name, or a name under your user."})],
+        lambda: [PushArguments],
+        push_command,
+        "Upload a saved folder to the Hugging Face Hub in one commit (checkpoints stay behind).",
     ),
 }
 

@@ -1,12 +1,22 @@
-"""What a run leaves for people: the loss plot and the model card (rendered with huggingface_hub)."""
+"""What a run leaves for people and the Hub: the loss plot, the model card (rendered with huggingface_hub's
+`ModelCard` from the `model_cards/` templates) and the push of a finished folder."""
 
+import copy
 import shutil
 from importlib.resources import files
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 TEMPLATES = files(__package__) / "model_cards"
+PACKAGE_URL = "https://pypi.org/project/hf-scratch-gpt/"
+# Cards show this where the folder's path or Hub id goes; `push_to_hub` writes the repo id in its place.
+REPO_PLACEHOLDER = "PATH_OR_REPO"
+# What stays behind when a folder is pushed: checkpoints (Trainer's optimizer and RNG pickles) and hidden files.
+PUSH_IGNORE = ["checkpoint-*", ".*", "*/.*", "training_args.bin"]
+# Metrics that time the run rather than measure the model: kept out of cards.
+_RUN_METRICS = ("runtime", "per_second", "preparation_time", "epoch")
 
 
 def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None = None) -> None:
@@ -34,38 +44,48 @@ def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None
     plt.close(figure)
 
 
-def write_pretraining_card(output_dir: Path, *, config, n_params, data, dataset_sizes, max_length, stride, training_args,
+# ---------------------------------------------------------------------------------------------- model cards
+
+
+def write_pretraining_card(output_dir: Path, *, model, data, dataset_sizes, max_length, stride, training_args,
                            metrics, tokens_seen, wall_seconds) -> ModelCard:
     """Write `README.md` for a pretrained model: shape, data, hyper-parameters, results, how to load."""
+    hyperparameters = {"steps": training_args.max_steps, "tokens seen": f"{tokens_seen:,}",
+                       **_optimisation(training_args, wall_seconds)}
     return _write_card(
-        output_dir, "pretrain.md", "text-generation", config=config, n_params=n_params, data=data,
-        dataset_sizes=dataset_sizes, max_length=max_length, stride=stride, args=training_args, metrics=metrics,
-        tokens_seen=tokens_seen, wall_seconds=wall_seconds,
+        output_dir, "pretrain.md", "text-generation", model=model, data=data, metrics=metrics,
+        hyperparameters=hyperparameters, dataset_sizes=dataset_sizes, max_length=max_length, stride=stride,
     )
 
 
-def write_classification_card(output_dir: Path, *, base_model, config, data, mode, dataset_sizes, label_names,
+def write_classification_card(output_dir: Path, *, base_model, model, data, mode, dataset_sizes, label_names,
                               training_args, metrics, confusion, wall_seconds) -> ModelCard:
     """Write `README.md` for a fine-tuned classifier: base model, data, training, test results with
     the confusion matrix, how to load."""
     return _write_card(
-        output_dir, "classify.md", "text-classification", extra_tags=["lora", "peft"] if mode == "lora" else [],
-        base_model=base_model, config=config, data=data, mode=mode, dataset_sizes=dataset_sizes,
-        label_names=label_names, args=training_args, metrics=metrics,
-        confusion=confusion.tolist() if confusion is not None else None, wall_seconds=wall_seconds,
+        output_dir, "classify.md", "text-classification", model=model, data=data, metrics=metrics,
+        base_model=base_model, mode=mode, hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
+        dataset_sizes=dataset_sizes, label_names=label_names,
+        confusion=confusion.tolist() if confusion is not None else None,
     )
 
 
-def write_instruction_card(output_dir: Path, *, base_model, config, data, mode, mask_prompt, dataset_sizes,
+def write_instruction_card(output_dir: Path, *, base_model, model, data, mode, mask_prompt, dataset_sizes,
                            training_args, metrics, examples, wall_seconds) -> ModelCard:
     """Write `README.md` for an instruction-following model: base model, data, prompt format,
     training, test results with a few responses, how to chat with it."""
     return _write_card(
-        output_dir, "instruct.md", "text-generation", extra_tags=["lora", "peft"] if mode == "lora" else [],
-        base_model=base_model, config=config, data=data, mode=mode, mask_prompt=mask_prompt,
-        dataset_sizes=dataset_sizes, args=training_args, metrics=metrics, examples=examples,
-        wall_seconds=wall_seconds,
+        output_dir, "instruct.md", "text-generation", model=model, data=data, metrics=metrics,
+        base_model=base_model, mode=mode, hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
+        mask_prompt=mask_prompt, dataset_sizes=dataset_sizes, examples=examples,
     )
+
+
+def write_conversion_card(output_dir: Path, *, model_name, source, scratch_model, target_type) -> ModelCard:
+    """Write `README.md` for a converted checkpoint: where it came from, the architecture, how exact the
+    conversion is and how to load it."""
+    return _write_card(output_dir, "convert.md", "text-generation", model=scratch_model, model_name=model_name,
+                       base_model=source, target_type=target_type, custom_code=target_type == "scratch_gpt")
 
 
 def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> ModelCard:
@@ -75,30 +95,208 @@ def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> M
     adapter_card.data.library_name = "peft"
     adapter_card.text = (
         f"\n*This folder is the LoRA adapter of the model below, for the base model `{base_model}`: "
-        "`PeftModel.from_pretrained(AutoModelFor...from_pretrained(BASE), THIS_FOLDER)`. "
-        "The parent folder holds the same model with the adapter merged in.*\n" + adapter_card.text
+        f"`PeftModel.from_pretrained(AutoModelFor...from_pretrained(\"{base_model}\"), \"{REPO_PLACEHOLDER}\", "
+        "subfolder=\"adapter\")`. The parent folder holds the same model with the adapter merged in.*\n"
+        + adapter_card.text
     )
     adapter_card.save(Path(adapter_dir) / "README.md")
     shutil.copyfile(Path(adapter_dir).parent / "loss.png", Path(adapter_dir) / "loss.png")
     return adapter_card
 
 
-def _write_card(output_dir: Path, template: str, pipeline_tag: str, extra_tags=(), base_model=None, **values):
-    """Render a `model_cards/` template under the metadata every card of ours carries."""
+def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, model_name=None, data=None,
+                metrics=None, base_model=None, mode=None, custom_code=True, **values) -> ModelCard:
+    """Render a `model_cards/` template under the metadata every card of ours carries: library, task, tags,
+    license, base model, data sets and a model-index of the metrics measured."""
+    model_name = model_name or Path(output_dir).resolve().name
+    dataset = dataset_id(data) if data else None
+    metrics = {key: value for key, value in (metrics or {}).items() if not key.endswith(_RUN_METRICS)}
     card_data = ModelCardData(
+        model_name=model_name,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
-        tags=["scratch_gpt", "custom_code", pipeline_tag, *extra_tags],
+        tags=["scratch_gpt", *(["custom_code"] if custom_code else []), pipeline_tag,
+              *(["lora", "peft"] if mode == "lora" else [])],
         license="apache-2.0",
-        # The metadata names a base model only by Hub id; a local folder stays in the card's text.
-        base_model=base_model if base_model and "/" in str(base_model) and not Path(base_model).exists() else None,
+        base_model=hub_id(base_model),
+        datasets=[dataset] if dataset else None,
+        eval_results=_eval_results(metrics, pipeline_tag, dataset) or None,
     )
     card = ModelCard.from_template(
         card_data,
         template_str=(TEMPLATES / template).read_text(),
-        model_name=Path(output_dir).resolve().name,
+        model_name=model_name,
+        repo=REPO_PLACEHOLDER,
+        package_url=PACKAGE_URL,
         base_model=base_model,
-        **values,
+        data=data,
+        mode=mode,
+        config=model.config,
+        architecture=_table(_architecture(model)),
+        results=_table(metrics, "metric", "{:.4f}") if metrics else None,
+        **{name: _table(value) if name == "hyperparameters" else value for name, value in values.items()},
     )
     card.save(Path(output_dir) / "README.md")
     return card
+
+
+def hub_id(name) -> str | None:
+    """`name` if it reads as a Hub repo id (owner/name) and is not a local path, else None: card metadata
+    can only link to the Hub; a local folder stays in the card's text."""
+    if not name or Path(name).exists():
+        return None
+    try:
+        validate_repo_id(str(name))
+    except ValueError:
+        return None
+    return str(name) if "/" in str(name) else None
+
+
+def dataset_id(data) -> str:
+    """How card metadata names a data set: its Hub id, or the name of the local file or folder."""
+    return hub_id(data) or Path(str(data)).name
+
+
+def _architecture(model) -> dict:
+    config = model.config
+    fields = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias", "bias",
+              "activation_function", "tie_word_embeddings")
+    return {"parameters": f"{model.num_parameters():,}", **{name: getattr(config, name) for name in fields}}
+
+
+def _optimisation(training_args, wall_seconds) -> dict:
+    args = training_args.to_dict()  # enums as their values
+    return {
+        "batch size (per device)": args["per_device_train_batch_size"],
+        "gradient accumulation": args["gradient_accumulation_steps"],
+        "learning rate": f"{args['learning_rate']} ({args['lr_scheduler_type']}, warmup {args['warmup_steps']})",
+        "optimizer": f"{args['optim']} (betas {args['adam_beta1']}, {args['adam_beta2']}; "
+                     f"weight decay {args['weight_decay']})",
+        "gradient clipping": args["max_grad_norm"],
+        "seed": args["seed"],
+        "wall time": f"{wall_seconds:.0f} s",
+    }
+
+
+def _fine_tuning(args, mode, wall_seconds) -> dict:
+    return {"what trained": mode, "epochs": args.num_train_epochs, **_optimisation(args, wall_seconds)}
+
+
+def _table(rows: dict, header: str = "setting", float_format: str = "{}") -> str:
+    """A two-column markdown table."""
+    lines = [f"| {header} | value |", "|---|---|"]
+    for name, value in rows.items():
+        lines.append(f"| {name} | {float_format.format(value) if isinstance(value, float) else value} |")
+    return "\n".join(lines)
+
+
+def _eval_results(metrics: dict, task_type: str, dataset: str | None) -> list[EvalResult]:
+    """The model's own metrics as model-index entries: `eval_*` on the validation split, the rest on the
+    test split; the base model's (`base_*`) stay out."""
+    results = []
+    for key, value in metrics.items():
+        if dataset is None or key.startswith("base_") or not isinstance(value, float | int):
+            continue
+        split = "validation" if key.startswith("eval_") else "test"
+        metric = key.removeprefix("eval_").removeprefix("test_")
+        results.append(EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset,
+                                  dataset_split=split, metric_type=metric,
+                                  metric_name=f"{split} {metric.replace('_', ' ')}", metric_value=float(value)))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------- push
+
+
+def hub_login(repo_id: str, token: str | None = None) -> tuple[HfApi, str]:
+    """Check that a push to `repo_id` can start (offline mode off, a token the Hub accepts, a valid id)
+    and return the API client and the full repo id (a bare name goes under the token's user).
+    Recipes call this before training, so a missing token costs seconds, not the run."""
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it to push to the Hub.")
+    token = token or get_token()
+    if not token:
+        raise ValueError("No Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --hub_token.")
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()["name"]
+    except Exception as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 401:
+            raise ValueError(f"The Hub at {api.endpoint} rejected the token; log in again (`hf auth login`) "
+                             "or set a valid HF_TOKEN.") from error
+        raise ValueError(f"Cannot reach the Hub at {api.endpoint} ({_summary(error)}); check the network or "
+                         "HF_ENDPOINT.") from error
+    repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id ({error}).") from error
+    return api, repo_id
+
+
+def push_to_hub(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                revision: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a finished output folder to a model repo in a single commit and return the commit's URL.
+
+    Checkpoints and hidden files stay behind; the cards' placeholder becomes the repo id, so their
+    loading snippets run as written. A repo this call created is deleted again if the upload fails.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ValueError(f"{folder} holds no config.json or adapter_config.json; push a folder this package "
+                         "(or save_pretrained) wrote.")
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    paths = list(filter_repo_objects(paths, ignore_patterns=PUSH_IGNORE))
+    api, repo_id = hub_login(repo_id, token)
+    operations = [CommitOperationAdd(path, _with_repo_id(folder / path, repo_id)) for path in paths]
+    created = not api.repo_exists(repo_id)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    committed = False
+    try:
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, revision=revision,
+                                   commit_message=commit_message or f"Upload {folder.resolve().name} with hf-scratch-gpt")
+        committed = True
+    except Exception as error:
+        raise ValueError(f"Uploading {folder} to {repo_id} failed, nothing was committed"
+                         f"{' and the new repo was deleted' if created else ''}: {_summary(error)}") from error
+    finally:
+        if created and not committed:
+            api.delete_repo(repo_id, missing_ok=True)
+    return commit.commit_url
+
+
+def _summary(error: Exception) -> str:
+    """An error of huggingface_hub on one line, without its pointer to HTTP status documentation."""
+    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip() and "For more information" not in line]
+    return " ".join(lines) or type(error).__name__
+
+
+def _with_repo_id(path: Path, repo_id: str):
+    """The file's bytes, with the placeholder in model cards replaced by the repo id; other files by path."""
+    if path.name != "README.md":
+        return str(path)
+    return path.read_text(encoding="utf-8").replace(REPO_PLACEHOLDER, repo_id).encode("utf-8")
+
+
+def prepare_push(training_args):
+    """For recipes: check a requested push before training, and give Trainer a copy of the arguments with
+    its own pushing off (it would push each checkpoint, then overwrite our card with its own). Returns the
+    arguments for Trainer and the repo id to push the finished folder to (None when not pushing)."""
+    if not training_args.push_to_hub:
+        return training_args, None
+    _, repo_id = hub_login(training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+                           training_args.hub_token)
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub = False
+    return trainer_args, repo_id
+
+
+def push_run(output_dir: Path, repo_id: str | None, training_args, what: str) -> None:
+    """For recipes: push the finished folder when `prepare_push` said so."""
+    if repo_id:
+        url = push_to_hub(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
+                          revision=training_args.hub_revision, commit_message=f"{what} with hf-scratch-gpt")
+        print(f"Pushed {output_dir} to {url}")

@@ -50,3 +50,54 @@ def left_padded(batch_rows: list[list[int]], pad: int = VOCAB - 1):
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch_rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch_rows])
     return ids, mask
+
+
+SMS = [("spam", "WIN a FREE prize now!!! call 0800"), ("spam", "URGENT!!! claim your FREE cash"),
+       ("ham", "see you at lunch"), ("ham", "ok i am on my way home"), ("ham", "can we meet later today?")]
+INSTRUCTIONS = [{"instruction": "Repeat the word.", "input": word, "output": word}
+                for word in ("apple", "river", "stone", "cloud", "tiger")] + [
+               {"instruction": "Say hello.", "input": "", "output": "Hello!"}]
+
+
+@pytest.fixture(scope="session")
+def run_folders(tmp_path_factory) -> dict:
+    """One tiny output folder of every kind this package writes, made the way users make them: `pretrain`,
+    `classify` and `instruct` (LoRA, each with `adapter/`) and `convert` (GPT-2 -> ours). For the tests of
+    what users then do with them."""
+    import json
+
+    from hf_scratch_gpt.cli import main
+    from hf_scratch_gpt.recipes import (ClassificationArguments, ClassificationTrainingArguments, DataArguments,
+                                        InstructionArguments, InstructionTrainingArguments, ModelArguments,
+                                        PretrainingArguments, classify, instruct, pretrain)
+    from hf_scratch_gpt.tokenization import ALPACA_PREAMBLE, train_tokenizer
+
+    root = tmp_path_factory.mktemp("runs")
+    quiet = dict(disable_tqdm=True, dataloader_pin_memory=False, report_to="none", seed=0)
+    sms = root / "sms.tsv"
+    sms.write_text("Label\tSMS\n" + "".join(f"{label}\t{text} {i}\n" for i in range(8) for label, text in SMS))
+    instructions = root / "instructions.json"
+    instructions.write_text(json.dumps(INSTRUCTIONS * 4))
+    corpus = root / "corpus.txt"
+    corpus.write_text((ALPACA_PREAMBLE + "### Instruction:\nInput:\nResponse:\n" + sms.read_text()
+                       + instructions.read_text() + "\n") * 3)
+
+    pretrain(ModelArguments(tokenizer_kind="char", context_length=256, emb_dim=32, n_heads=2, n_layers=2),
+             DataArguments(data=str(corpus), max_length=64, stride=64, sample_prompt="ham"),
+             PretrainingArguments(output_dir=str(root / "pretrain"), max_steps=8, eval_steps=4, save_steps=4,
+                                  logging_steps=2, **quiet))
+    base = str(root / "pretrain")
+    classify(ClassificationArguments(model=base, data=str(sms), text_column="SMS", label_column="Label"),
+             ClassificationTrainingArguments(output_dir=str(root / "classify"), num_train_epochs=2, logging_steps=2,
+                                             learning_rate=1e-2, **quiet))
+    instruct(InstructionArguments(model=base, data=str(instructions), max_new_tokens=6),
+             InstructionTrainingArguments(output_dir=str(root / "instruct"), num_train_epochs=1, learning_rate=1e-2,
+                                          logging_steps=2, **quiet))
+
+    gpt2_dir = root / "gpt2"
+    tiny_gpt2().save_pretrained(gpt2_dir)
+    tokenizer = train_tokenizer([corpus.read_text()[:2000]], kind="char")
+    assert len(tokenizer) <= VOCAB
+    tokenizer.save_pretrained(gpt2_dir)
+    assert main(["convert", str(gpt2_dir), str(root / "convert")]) == 0
+    return {kind: root / kind for kind in ("pretrain", "classify", "instruct", "convert")} | {"root": root}

@@ -11,7 +11,7 @@ from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingA
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import build_classification_dataset, load_labelled
-from ..hub import plot_losses, write_adapter_card, write_classification_card
+from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_classification_card
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .finetuning import (
     FineTuningArguments,
@@ -90,6 +90,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     check_output_dir(output_dir)
+    trainer_args, repo_id = prepare_push(training_args)
 
     tokenizer = load_tokenizer(args.model)
     datasets = build_classification_dataset(
@@ -104,7 +105,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     model = make_trainable(model, args, "SEQ_CLS", head="score")
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
@@ -125,12 +126,13 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
         confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
         np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
     card = write_classification_card(
-        output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
+        output_dir, base_model=args.model, model=model, data=args.data, mode=args.mode,
         dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
         training_args=training_args, metrics=metrics, confusion=confusion, wall_seconds=time.perf_counter() - start,
     )
     if args.mode == "lora":
         write_adapter_card(output_dir / "adapter", card, args.model)
     (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    push_run(output_dir, repo_id, training_args, "Classifier")
     return metrics
 

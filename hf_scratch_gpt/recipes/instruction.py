@@ -14,7 +14,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
-from ..hub import plot_losses, write_adapter_card, write_instruction_card
+from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_instruction_card
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
 from .finetuning import (
@@ -81,6 +81,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     check_output_dir(output_dir)
+    trainer_args, repo_id = prepare_push(training_args)
     if args.max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
     judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
@@ -97,7 +98,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
     trainer = LanguageModelTrainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
@@ -128,7 +129,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
     plot_losses(trainer.state.log_history, output_dir / "loss.png")
     card = write_instruction_card(
-        output_dir, base_model=args.model, config=model.config, data=args.data, mode=args.mode,
+        output_dir, base_model=args.model, model=model, data=args.data, mode=args.mode,
         mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
         training_args=training_args, metrics=metrics, examples=responses[:3],
         wall_seconds=time.perf_counter() - start,
@@ -136,4 +137,5 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     if args.mode == "lora":
         write_adapter_card(output_dir / "adapter", card, args.model)
     (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    push_run(output_dir, repo_id, training_args, "Instruction model")
     return metrics

@@ -23,7 +23,7 @@ from transformers.training_args import OptimizerNames
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
-from ..hub import plot_losses, write_pretraining_card
+from ..hub import plot_losses, prepare_push, push_run, write_pretraining_card
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
 
@@ -145,6 +145,7 @@ def pretrain(
     training_args = training_args or PretrainingArguments()
     start = time.perf_counter()
     set_seed(training_args.seed)  # before the model exists: its initialisation is part of the run
+    trainer_args, repo_id = prepare_push(training_args)
 
     corpus = load_corpus(data_args.data, data_args.text_column)
     tokenizer = _tokenizer(model_args, corpus)
@@ -167,7 +168,7 @@ def pretrain(
         model = ScratchGPTForCausalLM(config)
     trainer = LanguageModelTrainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
@@ -189,8 +190,7 @@ def pretrain(
     plot_losses(trainer.state.log_history, output_dir / "loss.png", tokens_per_step)
     write_pretraining_card(
         output_dir,
-        config=model.config,
-        n_params=model.num_parameters(),
+        model=model,
         data=data_args.data,
         dataset_sizes={split: len(d) for split, d in datasets.items()},
         max_length=max_length,
@@ -201,6 +201,7 @@ def pretrain(
         wall_seconds=time.perf_counter() - start,
     )
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    push_run(output_dir, repo_id, training_args, "Pretrained model")
     return metrics
 
 
