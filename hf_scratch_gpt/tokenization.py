@@ -19,7 +19,8 @@ ALPACA_PREAMBLE = (
 # The book's Alpaca prompt as a chat template, so that `apply_chat_template` writes exactly the text a model
 # was fine-tuned on. Roles: an optional `system` message replaces the preamble; `user` holds the instruction;
 # an optional `input` message holds the instruction's input; `assistant` holds the response, which ends with
-# the end-of-text token (the model learns to stop there).
+# the end-of-text token (the model learns to stop there). The response is marked `{% generation %}`, so
+# `return_assistant_tokens_mask` (and TRL's `assistant_only_loss`) pick out what the book's loss scores.
 ALPACA_CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{{- messages[0]['content'] -}}{%- set messages = messages[1:] -%}"
@@ -28,7 +29,8 @@ ALPACA_CHAT_TEMPLATE = (
     "{%- if message['role'] == 'user' -%}{{- '\n\n### Instruction:\n' + message['content'] -}}"
     "{%- elif message['role'] == 'input' -%}"
     "{%- if message['content'] -%}{{- '\n\n### Input:\n' + message['content'] -}}{%- endif -%}"
-    "{%- elif message['role'] == 'assistant' -%}{{- '\n\n### Response:\n' + message['content'] + eos_token -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- '\n\n### Response:\n' -}}"
+    "{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
     "{%- else -%}{{- raise_exception('The Alpaca template knows the roles system, user, input and assistant, "
     "not ' + message['role']) -}}"
     "{%- endif -%}"

@@ -59,6 +59,19 @@ INSTRUCTIONS = [{"instruction": "Repeat the word.", "input": word, "output": wor
                {"instruction": "Say hello.", "input": "", "output": "Hello!"}]
 
 
+QUIET = dict(disable_tqdm=True, dataloader_pin_memory=False, report_to="none", seed=0)
+
+
+def classification_run(root, output_dir, **training):
+    """The arguments of `run_folders`' classification run (LoRA, 2 epochs, a checkpoint each)."""
+    from hf_scratch_gpt.recipes import ClassificationArguments, ClassificationTrainingArguments
+
+    args = ClassificationArguments(model=str(root / "pretrain"), data=str(root / "sms.tsv"), text_column="SMS",
+                                   label_column="Label")
+    return args, ClassificationTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, logging_steps=2,
+                                                 learning_rate=1e-2, **{**QUIET, **training})
+
+
 @pytest.fixture(scope="session")
 def run_folders(tmp_path_factory) -> dict:
     """One tiny output folder of every kind this package writes, made the way users make them: `pretrain`,
@@ -67,13 +80,11 @@ def run_folders(tmp_path_factory) -> dict:
     import json
 
     from hf_scratch_gpt.cli import main
-    from hf_scratch_gpt.recipes import (ClassificationArguments, ClassificationTrainingArguments, DataArguments,
-                                        InstructionArguments, InstructionTrainingArguments, ModelArguments,
-                                        PretrainingArguments, classify, instruct, pretrain)
+    from hf_scratch_gpt.recipes import (DataArguments, InstructionArguments, InstructionTrainingArguments,
+                                        ModelArguments, PretrainingArguments, classify, instruct, pretrain)
     from hf_scratch_gpt.tokenization import ALPACA_PREAMBLE, train_tokenizer
 
     root = tmp_path_factory.mktemp("runs")
-    quiet = dict(disable_tqdm=True, dataloader_pin_memory=False, report_to="none", seed=0)
     sms = root / "sms.tsv"
     sms.write_text("Label\tSMS\n" + "".join(f"{label}\t{text} {i}\n" for i in range(8) for label, text in SMS))
     instructions = root / "instructions.json"
@@ -85,14 +96,12 @@ def run_folders(tmp_path_factory) -> dict:
     pretrain(ModelArguments(tokenizer_kind="char", context_length=256, emb_dim=32, n_heads=2, n_layers=2),
              DataArguments(data=str(corpus), max_length=64, stride=64, sample_prompt="ham"),
              PretrainingArguments(output_dir=str(root / "pretrain"), max_steps=8, eval_steps=4, save_steps=4,
-                                  logging_steps=2, **quiet))
+                                  logging_steps=2, **QUIET))
     base = str(root / "pretrain")
-    classify(ClassificationArguments(model=base, data=str(sms), text_column="SMS", label_column="Label"),
-             ClassificationTrainingArguments(output_dir=str(root / "classify"), num_train_epochs=2, logging_steps=2,
-                                             learning_rate=1e-2, **quiet))
+    classify(*classification_run(root, root / "classify"))
     instruct(InstructionArguments(model=base, data=str(instructions), max_new_tokens=6),
              InstructionTrainingArguments(output_dir=str(root / "instruct"), num_train_epochs=1, learning_rate=1e-2,
-                                          logging_steps=2, **quiet))
+                                          logging_steps=2, **QUIET))
 
     gpt2_dir = root / "gpt2"
     tiny_gpt2().save_pretrained(gpt2_dir)

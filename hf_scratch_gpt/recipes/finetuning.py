@@ -35,6 +35,8 @@ class FineTuningArguments:
 def load_tokenizer(source: str):
     """The base model's tokenizer, padding with end-of-text when it has no pad token (as the book does)."""
     tokenizer = AutoTokenizer.from_pretrained(source)
+    for how_it_was_loaded in ("is_local", "local_files_only"):  # not settings to save with the fine-tuned model
+        tokenizer.init_kwargs.pop(how_it_was_loaded, None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
