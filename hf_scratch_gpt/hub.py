@@ -105,11 +105,12 @@ def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> M
 
 
 def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, model_name=None, data=None,
-                metrics=None, base_model=None, mode=None, custom_code=True, **values) -> ModelCard:
+                metrics=None, hyperparameters=None, base_model=None, mode=None, custom_code=True,
+                **values) -> ModelCard:
     """Render a `model_cards/` template under the metadata every card of ours carries: library, task, tags,
     license, base model, data sets and a model-index of the metrics measured."""
     model_name = model_name or Path(output_dir).resolve().name
-    dataset = dataset_id(data) if data else None
+    dataset = _dataset_id(data) if data else None
     metrics = {key: value for key, value in (metrics or {}).items() if not key.endswith(_RUN_METRICS)}
     card_data = ModelCardData(
         model_name=model_name,
@@ -118,7 +119,7 @@ def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, mo
         tags=["scratch_gpt", *(["custom_code"] if custom_code else []), pipeline_tag,
               *(["lora", "peft"] if mode == "lora" else [])],
         license="apache-2.0",
-        base_model=hub_id(base_model),
+        base_model=_hub_id(base_model),
         datasets=[dataset] if dataset else None,
         eval_results=_eval_results(metrics, pipeline_tag, dataset) or None,
     )
@@ -134,13 +135,14 @@ def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, mo
         config=model.config,
         architecture=_table(_architecture(model)),
         results=_table(metrics, "metric", "{:.4f}") if metrics else None,
-        **{name: _table(value) if name == "hyperparameters" else value for name, value in values.items()},
+        hyperparameters=_table(hyperparameters) if hyperparameters else None,
+        **values,
     )
     card.save(Path(output_dir) / "README.md")
     return card
 
 
-def hub_id(name) -> str | None:
+def _hub_id(name) -> str | None:
     """`name` if it reads as a Hub repo id (owner/name) and is not a local path, else None: card metadata
     can only link to the Hub; a local folder stays in the card's text."""
     if not name or Path(name).exists():
@@ -152,9 +154,9 @@ def hub_id(name) -> str | None:
     return str(name) if "/" in str(name) else None
 
 
-def dataset_id(data) -> str:
+def _dataset_id(data) -> str:
     """How card metadata names a data set: its Hub id, or the name of the local file or folder."""
-    return hub_id(data) or Path(str(data)).name
+    return _hub_id(data) or Path(str(data)).name
 
 
 def _architecture(model) -> dict:

@@ -175,3 +175,19 @@ def test_recipes_check_the_push_before_training(tmp_path, hub, monkeypatch, caps
     assert main(["pretrain", "--output_dir", str(out), "--push_to_hub", "--max_steps", "1"]) == 1
     assert "rejected the token" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_hub_base_model_is_named_in_the_metadata(tmp_path):
+    from conftest import tiny_config
+
+    from hf_scratch_gpt import ScratchGPTForCausalLM
+    from hf_scratch_gpt.hub import write_conversion_card
+
+    model = ScratchGPTForCausalLM(tiny_config())
+    card = write_conversion_card(tmp_path, model_name="gpt2-scratch", source="openai-community/gpt2",
+                                 scratch_model=model, target_type="scratch_gpt")
+    assert ModelCard.load(tmp_path / "README.md").data.base_model == "openai-community/gpt2"
+    assert card.data.model_name == "gpt2-scratch" and "# gpt2-scratch" in card.text
+    local = write_conversion_card(tmp_path, model_name="m", source=str(tmp_path), scratch_model=model,
+                                  target_type="scratch_gpt")
+    assert local.data.base_model is None and f"`{tmp_path}`" in local.text
