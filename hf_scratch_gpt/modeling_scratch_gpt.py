@@ -304,6 +304,56 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 )
 
 
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `hidden @ weight.T` against `targets`, a chunk of rows at a time, so the (tokens x
+    vocabulary) logits never exist whole: at GPT-2's shape they, their log-softmax and their gradient
+    are the largest tensors of a training step. Each chunk's gradients are computed while its logits
+    are at hand and kept for the backward pass; the matmuls are the same three as the plain path's."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, normaliser, chunk_rows):
+        train_weight = ctx.needs_input_grad[1]  # a frozen head (LoRA, last blocks) needs no weight gradient
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if train_weight else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows, target = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
+            scored = target != -100
+            if not scored.any():
+                continue
+            logits = (rows @ weight.T).float()  # (chunk, vocab)
+            log_norm = logits.logsumexp(-1)
+            picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+            loss += (log_norm - picked)[scored].sum()
+            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # the softmax, in place of the logits
+            grad_logits[scored.nonzero().squeeze(1), target[scored]] -= 1.0
+            grad_logits[~scored] = 0.0
+            grad_hidden[start : start + chunk_rows] = grad_logits.to(hidden.dtype) @ weight
+            if train_weight:
+                grad_weight.addmm_(grad_logits.T, rows.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if train_weight else None, normaliser)
+        return loss / normaliser
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight, normaliser = ctx.saved_tensors
+        scale = grad_loss / normaliser
+        if grad_weight is not None:
+            grad_weight = grad_weight * scale.to(grad_weight.dtype)
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight, None, None, None
+
+
+def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_rows: int = 256):
+    """transformers' causal LM loss (labels shifted left, -100 ignored, summed over `num_items_in_batch`
+    when Trainer gives it, else averaged) of the head `weight` on `hidden`, without the full logits."""
+    targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(hidden.device)
+    if num_items_in_batch is None:
+        normaliser = (targets != -100).sum().float()
+    else:
+        normaliser = torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=hidden.device)
+    return _HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, normaliser, chunk_rows)
+
+
 class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     """The model with its output head (`out_head`), tied to the token embedding by default."""
 
@@ -348,10 +398,17 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.out_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:  # kwargs carry Trainer's num_items_in_batch, for exact gradient accumulation
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        hidden = outputs.last_hidden_state
+        if labels is not None and self.training and torch.is_grad_enabled() and type(self.out_head) is Linear:
+            # Training: the loss straight from the hidden states (see _HeadCrossEntropy); no logits returned.
+            # kwargs carry Trainer's num_items_in_batch, for exact gradient accumulation.
+            loss = head_cross_entropy(hidden, self.out_head.weight, labels, kwargs.get("num_items_in_batch"))
+            logits = None
+        else:
+            logits = self.out_head(slice_logits_to_keep(hidden, logits_to_keep))
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

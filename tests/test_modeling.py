@@ -6,6 +6,7 @@ from conftest import VOCAB, left_padded, tiny_config
 from transformers import DynamicCache
 
 from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
+from hf_scratch_gpt.modeling_scratch_gpt import head_cross_entropy
 
 
 def causal_lm(**overrides):
@@ -123,6 +124,45 @@ def test_loss_shifts_labels_and_honours_num_items_in_batch():
     torch.testing.assert_close(out.loss, -picked.mean())
     summed = model(ids, labels=labels, num_items_in_batch=torch.tensor(100)).loss
     torch.testing.assert_close(summed, -picked.sum() / 100)
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, torch.tensor(37)])
+@pytest.mark.parametrize("tied", [True, False])
+def test_training_loss_never_builds_the_logits_and_equals_the_plain_loss(num_items_in_batch, tied):
+    model = causal_lm(drop_rate=0.0, tie_word_embeddings=tied).train()
+    ids = torch.randint(0, VOCAB - 1, (3, 12))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    labels[2] = -100  # a row with nothing to score
+    out = model(ids, labels=labels, num_items_in_batch=num_items_in_batch)
+    assert out.logits is None
+    (out.loss * 3).backward()
+    fused = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model.out_head(model.model(ids).last_hidden_state)
+    plain = model.loss_function(logits, labels, vocab_size=VOCAB, num_items_in_batch=num_items_in_batch)
+    (plain * 3).backward()
+    torch.testing.assert_close(out.loss, plain)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(fused[name], param.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_head_cross_entropy_is_the_same_in_any_chunking_and_skips_a_frozen_head():
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, requires_grad=True)
+    labels = torch.randint(0, VOCAB, (2, 9))
+    labels[1, 3:] = -100
+    results = []
+    for chunk_rows in (1, 4, 256):
+        loss = head_cross_entropy(hidden, weight, labels, chunk_rows=chunk_rows)
+        results.append((loss, *torch.autograd.grad(loss, (hidden, weight))))
+    for other in results[:2]:
+        for a, b in zip(other, results[2]):
+            torch.testing.assert_close(a, b)
+    frozen = weight.detach()
+    loss = head_cross_entropy(hidden, frozen, labels, chunk_rows=4)
+    (grad_hidden,) = torch.autograd.grad(loss, hidden)
+    torch.testing.assert_close(grad_hidden, results[2][1])
 
 
 def test_hidden_states_and_attentions():
