@@ -4,10 +4,7 @@ Each subcommand declares its flags as a dataclass read by `HfArgumentParser`. Er
 line and exit non-zero (`--debug` shows the traceback).
 """
 
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +32,12 @@ class ChatArguments(SamplingArguments):
 
 
 def _load_for_generation(args: SamplingArguments, model_dir: str):
-    """Check the sampling flags, then load a saved causal LM and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    """Check the sampling flags, then load a saved causal LM (ours, or GPT-2's converted) and its tokenizer."""
+    from transformers import set_seed
     from transformers.utils import logging
+
+    from .loading import load_model, load_tokenizer
+    from .modeling_scratch_gpt import ScratchGPTForCausalLM
 
     logging.disable_progress_bar()  # the reply is the output: no loading bars around it
     if args.max_new_tokens <= 0:
@@ -45,9 +45,8 @@ def _load_for_generation(args: SamplingArguments, model_dir: str):
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     set_seed(args.seed)
-    _require_model_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    return tokenizer, load_model(model_dir, ScratchGPTForCausalLM, tokenizer).eval()
 
 
 def _generate(model, tokenizer, args: SamplingArguments, inputs, streamer=None):
@@ -77,8 +76,11 @@ def generate_command(args: GenerateArguments, model_dir: str) -> None:
     from transformers import TextStreamer
 
     tokenizer, model = _load_for_generation(args, model_dir)
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("--prompt is empty; give some text to continue.")
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
-    output = _generate(model, tokenizer, args, tokenizer(args.prompt, return_tensors="pt"), streamer)
+    output = _generate(model, tokenizer, args, inputs, streamer)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
 
@@ -135,28 +137,27 @@ def instruct_command(args, training_args) -> None:
 
 def convert_command(source: str, destination: str) -> None:
     """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .convert import from_gpt2, to_gpt2
+    from .convert import to_gpt2
     from .hub import write_conversion_card
+    from .loading import load_config, load_model, load_tokenizer
+    from .modeling_scratch_gpt import ScratchGPTForCausalLM
+    from .recipes.runs import output_folder, saving_into
 
-    model_type = AutoConfig.from_pretrained(source).model_type
-    if model_type == "gpt2":
-        converted = scratch = from_gpt2(source)
-    elif model_type == "scratch_gpt":
-        scratch = AutoModelForCausalLM.from_pretrained(source)
-        converted = to_gpt2(scratch)
-    else:
-        raise ValueError(f"{source} holds a {model_type!r} model; convert reads 'gpt2' or 'scratch_gpt' checkpoints.")
+    output = Path(destination)
+    if output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"Output folder {destination} already exists and is not empty; choose another destination.")
+    from_gpt2 = load_config(source).model_type == "gpt2"
+    scratch = load_model(source, ScratchGPTForCausalLM)
+    converted = scratch if from_gpt2 else to_gpt2(scratch)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
+        tokenizer = load_tokenizer(source)
+    except ValueError:
         tokenizer = None  # a bare checkpoint: convert the weights alone
-    with _atomic_output_dir(destination) as staging:
+    with output_folder(output), saving_into(output) as staging:
         converted.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        write_conversion_card(Path(staging), model_name=Path(destination).name, source=source, scratch_model=scratch,
+        write_conversion_card(staging, model_name=output.name, source=source, scratch_model=scratch,
                               target_type=converted.config.model_type)
     print(f"Saved {type(converted).__name__} to {destination}")
 
@@ -181,30 +182,6 @@ def push_command(args: PushArguments, folder: str, repo_id: str) -> None:
 def _require_model_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise ValueError(f"Model folder {path!r} does not exist; give a folder written by save_pretrained.")
-
-
-class _atomic_output_dir:
-    """Write into a sibling temporary folder and rename it into place at the end, so a failure
-    leaves no half-written output. Refuses to replace an existing non-empty folder."""
-
-    def __init__(self, destination: str):
-        self.destination = Path(destination)
-
-    def __enter__(self) -> str:
-        if self.destination.exists() and (not self.destination.is_dir() or any(self.destination.iterdir())):
-            raise ValueError(f"Output {str(self.destination)!r} already exists and is not an empty folder.")
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent)
-        return self.staging
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return False
-        if self.destination.exists():
-            self.destination.rmdir()
-        os.replace(self.staging, self.destination)
-        return False
 
 
 def _pretrain_flags():
@@ -270,20 +247,32 @@ def main(argv: list[str] | None = None) -> int:
     positionals, flags, function, help_text = COMMANDS[name]
     flag_classes = flags()
     parser = HfArgumentParser(flag_classes, prog=f"hf-scratch-gpt {name}", description=help_text)
+    parser.error = _usage_error  # one line, like every other error
     for arg_name, options in positionals:
         parser.add_argument(arg_name, **options)
-    outputs = parser.parse_args_into_dataclasses(rest)
-    parsed, extra = outputs[: len(flag_classes)], outputs[len(flag_classes) :]
-    values = [getattr(extra[0], arg_name) for arg_name, _ in positionals]
-    try:
-        function(*parsed, *values)
+    try:  # parsing too: TrainingArguments checks its values as it is built
+        try:
+            outputs = parser.parse_args_into_dataclasses(rest)
+        except ValueError as error:
+            raise _UsageError(str(error)) from error
+        parsed, extra = outputs[: len(flag_classes)], outputs[len(flag_classes) :]
+        function(*parsed, *(getattr(extra[0], arg_name) for arg_name, _ in positionals))
     except Exception as error:  # the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"hf-scratch-gpt {name}: error: {message}", file=sys.stderr)
-        return 1
+        from .loading import one_line
+
+        print(f"hf-scratch-gpt {name}: error: {one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, _UsageError) else 1
     return 0
+
+
+class _UsageError(Exception):
+    """Flags the parser rejects (exit status 2, as argparse's)."""
+
+
+def _usage_error(message: str):
+    raise _UsageError(f"{message} (see --help)")
 
 
 if __name__ == "__main__":

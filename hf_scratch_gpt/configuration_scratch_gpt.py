@@ -3,6 +3,9 @@
 This file travels with every checkpoint as remote code: it imports only transformers.
 """
 
+import difflib
+import inspect
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -61,6 +64,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
+        _refuse_misspelt_fields(kwargs)
         super().__post_init__(**kwargs)
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             _require(name, getattr(self, name), getattr(self, name) > 0, "must be a positive integer")
@@ -82,6 +86,17 @@ class ScratchGPTConfig(PreTrainedConfig):
                 name, value, all(0 <= i < self.vocab_size for i in ids),
                 f"must be None or token ids in [0, vocab_size={self.vocab_size})",
             )
+
+
+def _refuse_misspelt_fields(kwargs: dict) -> None:
+    """Unknown fields are kept as attributes (configs carry extra keys), but one a letter or two away from
+    a field of ours (GPT-2's `n_layer` for `n_layers`) would silently leave the real field at its default."""
+    ours = [name for name in inspect.get_annotations(ScratchGPTConfig) if not name.startswith("_")]
+    for key in kwargs:
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.85)
+        if close:
+            raise ValueError(f"ScratchGPTConfig got {key}={kwargs[key]!r}, a field it does not have; did you mean "
+                             f"{close[0]}?")
 
 
 def _require(field: str, value, ok: bool, rule: str) -> None:

@@ -3,6 +3,7 @@ instruction records and their collator (chapter 7)."""
 
 import csv
 import glob
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -88,10 +89,35 @@ def _read_tables(source, files: list[str], also: str | None = None) -> Dataset:
         options = {"delimiter": "\t" if suffix == ".tsv" else ",", "na_filter": False}
         if suffix == ".tsv":
             options["quoting"] = csv.QUOTE_NONE
-    if _TABLES[suffix] != "parquet":
-        for f in files:
+    for f in files:
+        if _TABLES[suffix] == "json":
+            _check_json_records(f)
+        elif _TABLES[suffix] == "csv":
             read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
-    return load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+    dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+    if len(dataset) == 0:
+        raise ValueError(f"Data {source} holds no rows.")
+    return dataset
+
+
+def _check_json_records(path: str) -> None:
+    """A JSON list of records (objects), or JSON Lines of them: what `datasets` reads as rows."""
+    text = read_text_file(path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                records.append(json.loads(line) if line.strip() else {})
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is neither JSON nor JSON Lines: line {number}: {error.msg}.") from None
+    if not isinstance(records, list):
+        records = [records]  # one JSON Lines record, or a lone value
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} is not a list of records: record {number} is a JSON {type(record).__name__}, "
+                             "not an object of fields.")
 
 
 def _require_text(dataset: Dataset, text_column: str, source: str) -> Dataset:
@@ -185,10 +211,18 @@ def load_labelled(source: str | os.PathLike, text_column: str = "text", label_co
         raise ValueError(f"Data {source} has no column {missing[0]!r}; its columns are {dataset.column_names}. "
                          "Name the columns with text_column and label_column.")
     dataset = dataset.select_columns([text_column, label_column])
-    dataset = dataset.rename_columns({text_column: "text", label_column: "label"})
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no rows.")
-    return dataset
+    _require_values(dataset, [label_column], source, "row")
+    return dataset.rename_columns({text_column: "text", label_column: "label"})
+
+
+def _require_values(dataset: Dataset, columns: list[str], source, what: str) -> None:
+    """Every row has a value in `columns` (a record missing a field reads as None; an empty cell as "")."""
+    for column in columns:
+        missing = next((i for i, value in enumerate(dataset[column]) if value is None or value == ""), None)
+        if missing is not None:
+            raise ValueError(f"Data {source}: {what} {missing + 1} has no {column!r}; give every {what} one.")
 
 
 def build_classification_dataset(
@@ -278,6 +312,7 @@ def load_instructions(source: str | os.PathLike) -> Dataset:
     dataset = dataset.select_columns(list(INSTRUCTION_FIELDS))
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no records.")
+    _require_values(dataset, ["instruction", "output"], source, "record")
     return dataset.map(lambda row: {k: "" if row[k] is None else str(row[k]) for k in INSTRUCTION_FIELDS})
 
 

@@ -47,36 +47,39 @@ def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None
 # ---------------------------------------------------------------------------------------------- model cards
 
 
-def write_pretraining_card(output_dir: Path, *, model, data, dataset_sizes, max_length, stride, training_args,
-                           metrics, tokens_seen, wall_seconds) -> ModelCard:
+def write_pretraining_card(output_dir: Path, *, model_name, model, data, dataset_sizes, max_length, stride,
+                           training_args, metrics, tokens_seen, wall_seconds) -> ModelCard:
     """Write `README.md` for a pretrained model: shape, data, hyper-parameters, results, how to load."""
     hyperparameters = {"steps": training_args.max_steps, "tokens seen": f"{tokens_seen:,}",
                        **_optimisation(training_args, wall_seconds)}
     return _write_card(
-        output_dir, "pretrain.md", "text-generation", model=model, data=data, metrics=metrics,
-        hyperparameters=hyperparameters, dataset_sizes=dataset_sizes, max_length=max_length, stride=stride,
+        output_dir, "pretrain.md", "text-generation", model=model, model_name=model_name, data=data,
+        metrics=metrics, hyperparameters=hyperparameters, dataset_sizes=dataset_sizes, max_length=max_length,
+        stride=stride,
     )
 
 
-def write_classification_card(output_dir: Path, *, base_model, model, data, mode, dataset_sizes, label_names,
-                              training_args, metrics, confusion, wall_seconds) -> ModelCard:
+def write_classification_card(output_dir: Path, *, model_name, base_model, model, data, mode, dataset_sizes,
+                              label_names, training_args, metrics, confusion, wall_seconds) -> ModelCard:
     """Write `README.md` for a fine-tuned classifier: base model, data, training, test results with
     the confusion matrix, how to load."""
     return _write_card(
-        output_dir, "classify.md", "text-classification", model=model, data=data, metrics=metrics,
-        base_model=base_model, mode=mode, hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
+        output_dir, "classify.md", "text-classification", model=model, model_name=model_name, data=data,
+        metrics=metrics, base_model=base_model, mode=mode,
+        hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
         dataset_sizes=dataset_sizes, label_names=label_names,
         confusion=confusion.tolist() if confusion is not None else None,
     )
 
 
-def write_instruction_card(output_dir: Path, *, base_model, model, data, mode, mask_prompt, dataset_sizes,
-                           training_args, metrics, examples, wall_seconds) -> ModelCard:
+def write_instruction_card(output_dir: Path, *, model_name, base_model, model, data, mode, mask_prompt,
+                           dataset_sizes, training_args, metrics, examples, wall_seconds) -> ModelCard:
     """Write `README.md` for an instruction-following model: base model, data, prompt format,
     training, test results with a few responses, how to chat with it."""
     return _write_card(
-        output_dir, "instruct.md", "text-generation", model=model, data=data, metrics=metrics,
-        base_model=base_model, mode=mode, hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
+        output_dir, "instruct.md", "text-generation", model=model, model_name=model_name, data=data,
+        metrics=metrics, base_model=base_model, mode=mode,
+        hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
         mask_prompt=mask_prompt, dataset_sizes=dataset_sizes, examples=examples,
     )
 
@@ -104,12 +107,11 @@ def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> M
     return adapter_card
 
 
-def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, model_name=None, data=None,
+def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, model_name, data=None,
                 metrics=None, hyperparameters=None, base_model=None, mode=None, custom_code=True,
                 **values) -> ModelCard:
     """Render a `model_cards/` template under the metadata every card of ours carries: library, task, tags,
     license, base model, data sets and a model-index of the metrics measured."""
-    model_name = model_name or Path(output_dir).resolve().name
     dataset = _dataset_id(data) if data else None
     metrics = {key: value for key, value in (metrics or {}).items() if not key.endswith(_RUN_METRICS)}
     card_data = ModelCardData(

@@ -56,7 +56,12 @@ def train_tokenizer(
         raise ValueError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer: use at least {minimum}.")
     if kind == "bpe":
         tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        # Runs of more than 64 non-space characters are cut into pieces first: BPE training time grows with
+        # the square of a word's length, and one long line without spaces would otherwise take hours.
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\S{64}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(
@@ -121,10 +126,15 @@ def _wrap(tokenizer: Tokenizer, unk_token: str | None) -> PreTrainedTokenizerFas
 def _texts(texts_or_files: Iterable[str | os.PathLike]) -> Iterable[str]:
     if isinstance(texts_or_files, (str, os.PathLike)):
         texts_or_files = [texts_or_files]
-    for item in texts_or_files:
+    for number, item in enumerate(texts_or_files, 1):
         if isinstance(item, os.PathLike):
             yield read_text_file(item)
         elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"Text {number} is not valid Unicode: it holds a lone surrogate "
+                                 f"U+{ord(item[error.start]):04X} at position {error.start}.") from None
             yield item
         else:
             raise ValueError(f"Expected texts or file paths, got a {type(item).__name__}.")

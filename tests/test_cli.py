@@ -70,8 +70,8 @@ def test_errors_are_one_line_and_leave_nothing_behind(tmp_path):
     result = cli("convert", str(tmp_path / "bert"), str(tmp_path / "out"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"hf-scratch-gpt convert: error: {tmp_path / 'bert'} holds a 'bert' model; convert reads 'gpt2' or "
-        "'scratch_gpt' checkpoints."
+        f"hf-scratch-gpt convert: error: {tmp_path / 'bert'} holds a 'bert' model; give a model this package "
+        "saved, or a GPT-2 one."
     ]
     assert not (tmp_path / "out").exists()
 

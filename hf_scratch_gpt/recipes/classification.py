@@ -7,21 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import build_classification_dataset, load_labelled
 from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_classification_card
+from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
-from .finetuning import (
-    FineTuningArguments,
-    check_output_dir,
-    context_max_length,
-    load_base,
-    load_tokenizer,
-    make_trainable,
-    save_model,
-)
+from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
+from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
 
 
 @dataclass
@@ -53,6 +47,7 @@ class ClassificationTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "What 'best' means."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
+    resume_from_checkpoint: str | None = resume_field()
 
 
 def classification_metrics(label_names: list[str]):
@@ -78,30 +73,38 @@ def _predicted_ids(predictions) -> np.ndarray:
     return (predictions[0] if isinstance(predictions, tuple) else predictions).argmax(-1)
 
 
-def classify(args: ClassificationArguments, training_args: ClassificationTrainingArguments | None = None) -> dict:
+def classify(args: ClassificationArguments, training_args: ClassificationTrainingArguments | None = None,
+             callbacks: list[TrainerCallback] | None = None) -> dict:
     """Fine-tune a classifier; returns the test metrics (`test_accuracy`, ...).
 
     The output folder holds the merged model (loads with `AutoModelForSequenceClassification` and
     `pipeline("text-classification")`, label names included), the tokenizer, `loss.png`, a
     `README.md` card with the confusion matrix, and for LoRA the PEFT adapter in `adapter/`.
+    `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or ClassificationTrainingArguments()
+    check_training_args(training_args)
+    check_fine_tuning_args(args)
+    with output_folder(Path(training_args.output_dir)) as output_dir:
+        return _classify(args, training_args, output_dir, callbacks)
+
+
+def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
     start = time.perf_counter()
     set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    check_output_dir(output_dir)
     trainer_args, repo_id = prepare_push(training_args)
+    checkpoint = resume_checkpoint(training_args)
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, pad_with_eos=True)
     datasets = build_classification_dataset(
         load_labelled(args.data, args.text_column, args.label_column), tokenizer,
-        context_max_length(args.max_length, AutoConfig.from_pretrained(args.model)), tuple(args.split_fractions),
+        context_max_length(args.max_length, load_config(args.model)), tuple(args.split_fractions),
         args.split_seed, args.balance,
     )
     label_names = datasets["train"].features["labels"].names
-    model = load_base(args.model, ScratchGPTForSequenceClassification, tokenizer, num_labels=len(label_names),
-                      id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
-                      pad_token_id=tokenizer.pad_token_id)
+    model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, num_labels=len(label_names),
+                       id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
+                       pad_token_id=tokenizer.pad_token_id)
     model = make_trainable(model, args, "SEQ_CLS", head="score")
     trainer = Trainer(
         model=model,
@@ -111,28 +114,30 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_metrics(label_names),
+        callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
     metrics = dict(test.metrics) if test else trainer.evaluate()
     if not trainer.is_world_process_zero():
         return metrics
 
-    model = save_model(model, tokenizer, output_dir, args.mode)
-    (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
-    plot_losses(trainer.state.log_history, output_dir / "loss.png")
     confusion = None
     if test is not None:
         confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
         np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
-    card = write_classification_card(
-        output_dir, base_model=args.model, model=model, data=args.data, mode=args.mode,
-        dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
-        training_args=training_args, metrics=metrics, confusion=confusion, wall_seconds=time.perf_counter() - start,
-    )
-    if args.mode == "lora":
-        write_adapter_card(output_dir / "adapter", card, args.model)
-    (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with saving_into(output_dir) as staging:
+        model = save_model(model, tokenizer, staging, args.mode)
+        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        plot_losses(trainer.state.log_history, staging / "loss.png")
+        card = write_classification_card(
+            staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
+            dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
+            training_args=training_args, metrics=metrics, confusion=confusion,
+            wall_seconds=time.perf_counter() - start,
+        )
+        if args.mode == "lora":
+            write_adapter_card(staging / "adapter", card, args.model)
+        (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     push_run(output_dir, repo_id, training_args, "Classifier")
     return metrics
-

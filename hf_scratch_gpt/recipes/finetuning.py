@@ -1,14 +1,11 @@
-"""What the fine-tuning recipes share: the base model (ours, or GPT-2's converted on the way in), what
-trains (PEFT LoRA, everything, or the book's last blocks), and the folders a run leaves."""
+"""What the fine-tuning recipes share: their arguments, what trains (PEFT LoRA, everything, or the book's
+last blocks), and the folders a run leaves."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
-
-from ..convert import from_gpt2
 
 LORA_TARGETS = ["qkv", "out_proj", "fc_in", "fc_out"]  # every linear layer of every block
 
@@ -32,36 +29,16 @@ class FineTuningArguments:
                                            metadata={"help": "Linear layers that get adapters."})
 
 
-def load_tokenizer(source: str):
-    """The base model's tokenizer, padding with end-of-text when it has no pad token (as the book does)."""
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    for how_it_was_loaded in ("is_local", "local_files_only"):  # not settings to save with the fine-tuned model
-        tokenizer.init_kwargs.pop(how_it_was_loaded, None)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base(source: str, model_class, tokenizer, **config_updates):
-    """`model_class` holding the weights of `source` (a model of ours, or GPT-2's converted) and, when
-    its head is new, initialised as `from_pretrained` initialises missing weights."""
-    model_type = AutoConfig.from_pretrained(source).model_type
-    if model_type == "gpt2":
-        converted = from_gpt2(source)
-        converted.config.update(config_updates)
-        if isinstance(converted, model_class):
-            model = converted
-        else:
-            model = model_class(converted.config)
-            model.model.load_state_dict(converted.model.state_dict())
-    elif model_type == "scratch_gpt":
-        model = model_class.from_pretrained(source, **config_updates)
-    else:
-        raise ValueError(f"{source} holds a {model_type!r} model; give a model this package saved, or a GPT-2 one.")
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocabulary holds "
-                         f"{model.config.vocab_size}: give the tokenizer the model was trained with.")
-    return model
+def check_fine_tuning_args(args: FineTuningArguments) -> None:
+    """Refuse bad LoRA settings before any data or model is loaded."""
+    if args.mode != "lora":
+        return
+    if args.lora_r <= 0:
+        raise ValueError(f"--lora_r={args.lora_r} is invalid: the LoRA rank must be a positive integer.")
+    if args.lora_alpha <= 0:
+        raise ValueError(f"--lora_alpha={args.lora_alpha} is invalid: the LoRA scale alpha / r must be positive.")
+    if not 0 <= args.lora_dropout < 1:
+        raise ValueError(f"--lora_dropout={args.lora_dropout} is invalid: it must be in [0, 1).")
 
 
 def context_max_length(max_length: int | None, config) -> int:
@@ -80,8 +57,6 @@ def make_trainable(model, args: FineTuningArguments, task_type: str, head: str):
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        if args.lora_r <= 0:
-            raise ValueError(f"lora_r={args.lora_r} is invalid: the LoRA rank must be a positive integer.")
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                          if isinstance(module, torch.nn.Linear)} - {head})
         unknown = [name for name in args.lora_target_modules if name not in linear]
@@ -110,8 +85,3 @@ def save_model(model, tokenizer, output_dir: Path, mode: str):
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return model
-
-
-def check_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"Output folder {output_dir} is a file.")

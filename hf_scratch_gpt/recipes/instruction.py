@@ -9,24 +9,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
 from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_instruction_card
+from ..loading import load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
-from .finetuning import (
-    FineTuningArguments,
-    check_output_dir,
-    context_max_length,
-    load_base,
-    load_tokenizer,
-    make_trainable,
-    save_model,
-)
+from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
 from .pretraining import LanguageModelTrainer
+from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
 
 
 @dataclass
@@ -65,9 +59,11 @@ class InstructionTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `prompt_length` for the collator."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
+    resume_from_checkpoint: str | None = resume_field()
 
 
-def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None) -> dict:
+def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None,
+             callbacks: list[TrainerCallback] | None = None) -> dict:
     """Fine-tune a model to follow instructions; returns the test metrics.
 
     Metrics: `base_test_loss` (before training) and `test_loss` / `test_perplexity` (after) on the
@@ -75,22 +71,29 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     `judge_score` when a judge is given. The output folder holds the merged model with its tokenizer
     (whose chat template is the book's Alpaca prompt), `adapter/` for LoRA, `test_responses.json`
     (each test record plus `model_response`), `test_results.json`, `loss.png` and a `README.md` card.
+    `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or InstructionTrainingArguments()
+    check_training_args(training_args)
+    check_fine_tuning_args(args)
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"--max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
+    with output_folder(Path(training_args.output_dir)) as output_dir:
+        return _instruct(args, training_args, output_dir, callbacks)
+
+
+def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     start = time.perf_counter()
     set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    check_output_dir(output_dir)
     trainer_args, repo_id = prepare_push(training_args)
-    if args.max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
+    checkpoint = resume_checkpoint(training_args)
     judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
     if judge:
         judge.check()
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, pad_with_eos=True)
     tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-    model = load_base(args.model, ScratchGPTForCausalLM, tokenizer)
+    model = load_model(args.model, ScratchGPTForCausalLM, tokenizer)
     tokenizer.model_max_length = model.config.context_length
     max_length = context_max_length(args.max_length, model.config)
     datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
@@ -103,39 +106,41 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
         data_collator=InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt),
+        callbacks=callbacks,
     )
     test = datasets.get("test")
     metrics = trainer.evaluate(test, metric_key_prefix="base_test") if test is not None else {}
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     if test is not None:
         metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
         metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
     if not trainer.is_world_process_zero():
         return metrics
 
-    model = save_model(model, tokenizer, output_dir, args.mode)
-    responses = []
-    if test is not None:
-        records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
-        replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
-                                     training_args.per_device_eval_batch_size)
-        responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
-        metrics.update(response_scores(replies, [r["output"] for r in records]))
-        if judge:
-            for response in responses:
-                response["judge_score"] = judge.score(response, response["model_response"])
-            metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
-        (output_dir / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-    (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
-    plot_losses(trainer.state.log_history, output_dir / "loss.png")
-    card = write_instruction_card(
-        output_dir, base_model=args.model, model=model, data=args.data, mode=args.mode,
-        mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
-        training_args=training_args, metrics=metrics, examples=responses[:3],
-        wall_seconds=time.perf_counter() - start,
-    )
-    if args.mode == "lora":
-        write_adapter_card(output_dir / "adapter", card, args.model)
-    (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with saving_into(output_dir) as staging:
+        model = save_model(model, tokenizer, staging, args.mode)
+        responses = []
+        if test is not None:
+            records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
+            replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
+                                         training_args.per_device_eval_batch_size)
+            responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
+            metrics.update(response_scores(replies, [r["output"] for r in records]))
+            if judge:
+                for response in responses:
+                    response["judge_score"] = judge.score(response, response["model_response"])
+                metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+            (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
+        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        plot_losses(trainer.state.log_history, staging / "loss.png")
+        card = write_instruction_card(
+            staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
+            mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
+            training_args=training_args, metrics=metrics, examples=responses[:3],
+            wall_seconds=time.perf_counter() - start,
+        )
+        if args.mode == "lora":
+            write_adapter_card(staging / "adapter", card, args.model)
+        (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     push_run(output_dir, repo_id, training_args, "Instruction model")
     return metrics

@@ -8,24 +8,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    default_data_collator,
-    set_seed,
-)
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
 from ..hub import plot_losses, prepare_push, push_run, write_pretraining_card
+from ..loading import load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
+from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
 
 
 @dataclass
@@ -95,6 +88,7 @@ class PretrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="eval_loss", metadata={"help": "What 'best' means."})
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
+    resume_from_checkpoint: str | None = resume_field()
 
 
 class SampleCallback(TrainerCallback):
@@ -133,39 +127,55 @@ def pretrain(
     model_args: ModelArguments | None = None,
     data_args: DataArguments | None = None,
     training_args: PretrainingArguments | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Pretrain a ScratchGPT on a corpus; returns the final evaluation metrics.
 
     The output folder ends up holding the model (safetensors, config, code files, generation
     config), the tokenizer, `loss.png` and a `README.md` model card; checkpoints go beside them.
-    Everything that can be checked is checked before anything is written.
+    Everything that can be checked is checked before anything is written. `--resume_from_checkpoint
+    last` (or a checkpoint folder) continues an interrupted run exactly; `callbacks` join Trainer's.
     """
     model_args = model_args or ModelArguments()
     data_args = data_args or DataArguments()
     training_args = training_args or PretrainingArguments()
+    check_training_args(training_args)
+    with output_folder(Path(training_args.output_dir)) as output_dir:
+        return _pretrain(model_args, data_args, training_args, output_dir, callbacks)
+
+
+def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks) -> dict:
     start = time.perf_counter()
     set_seed(training_args.seed)  # before the model exists: its initialisation is part of the run
     trainer_args, repo_id = prepare_push(training_args)
+    checkpoint = resume_checkpoint(training_args)
+    # A resumed run continues the model and tokenizer its checkpoint holds.
+    model_source = model_args.model_name_or_path or checkpoint
 
     corpus = load_corpus(data_args.data, data_args.text_column)
-    tokenizer = _tokenizer(model_args, corpus)
-    config = _config(model_args, tokenizer)
+    tokenizer_source = model_args.tokenizer_name_or_path or model_source
+    if tokenizer_source:
+        tokenizer = load_tokenizer(tokenizer_source)
+    else:
+        tokenizer = train_tokenizer(corpus["text"], kind=model_args.tokenizer_kind,
+                                    vocab_size=model_args.tokenizer_vocab_size)
+    if model_source:
+        model = load_model(model_source, ScratchGPTForCausalLM, tokenizer)
+    else:
+        model = ScratchGPTForCausalLM(_new_config(model_args, tokenizer))
+    config = model.config
     max_length = data_args.max_length or config.context_length
     if max_length > config.context_length:
         raise ValueError(
             f"max_length={max_length} is longer than the model's context_length={config.context_length}."
         )
-    _check_output_dir(Path(training_args.output_dir), config)
+    _check_no_other_model(output_dir, config)
     datasets = build_lm_dataset(
         corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
         data_args.num_proc,
     )
     tokenizer.model_max_length = config.context_length
 
-    if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
-    else:
-        model = ScratchGPTForCausalLM(config)
     trainer = LanguageModelTrainer(
         model=model,
         args=trainer_args,
@@ -173,70 +183,53 @@ def pretrain(
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=[SampleCallback(data_args.sample_prompt)],
+        callbacks=[SampleCallback(data_args.sample_prompt), *(callbacks or [])],
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if "validation" in datasets else {}
     if not trainer.is_world_process_zero():
         return metrics
 
-    output_dir = Path(training_args.output_dir)
-    trainer.save_model(output_dir)
-    # Trainer pickles its arguments; the shared folder keeps them as JSON instead.
-    (output_dir / "training_args.bin").unlink(missing_ok=True)
-    (output_dir / "training_args.json").write_text(training_args.to_json_string() + "\n")
     tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
     tokens_per_step *= training_args.gradient_accumulation_steps
-    plot_losses(trainer.state.log_history, output_dir / "loss.png", tokens_per_step)
-    write_pretraining_card(
-        output_dir,
-        model=model,
-        data=data_args.data,
-        dataset_sizes={split: len(d) for split, d in datasets.items()},
-        max_length=max_length,
-        stride=data_args.stride or max_length,
-        training_args=training_args,
-        metrics=metrics,
-        tokens_seen=trainer.state.global_step * tokens_per_step,
-        wall_seconds=time.perf_counter() - start,
-    )
-    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with saving_into(output_dir) as staging:
+        trainer.save_model(staging)
+        # Trainer pickles its arguments; the shared folder keeps them as JSON instead.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
+        write_pretraining_card(
+            staging,
+            model_name=output_dir.name,
+            model=model,
+            data=data_args.data,
+            dataset_sizes={split: len(d) for split, d in datasets.items()},
+            max_length=max_length,
+            stride=data_args.stride or max_length,
+            training_args=training_args,
+            metrics=metrics,
+            tokens_seen=trainer.state.global_step * tokens_per_step,
+            wall_seconds=time.perf_counter() - start,
+        )
+        (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     push_run(output_dir, repo_id, training_args, "Pretrained model")
     return metrics
 
 
-def _tokenizer(model_args: ModelArguments, corpus):
-    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    if source:
-        return AutoTokenizer.from_pretrained(source)
-    return train_tokenizer(corpus["text"], kind=model_args.tokenizer_kind, vocab_size=model_args.tokenizer_vocab_size)
+def _new_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
+    shape = {f.name: getattr(model_args, f.name) for f in fields(ModelArguments)
+             if f.name in ScratchGPTConfig.__dataclass_fields__}
+    return ScratchGPTConfig(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
 
 
-def _config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
-    if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    else:
-        shape = {f.name: getattr(model_args, f.name) for f in fields(ModelArguments)
-                 if f.name in ScratchGPTConfig.__dataclass_fields__}
-        config = ScratchGPTConfig(
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **shape,
-        )
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary holds {config.vocab_size}: "
-            "use the tokenizer the model was trained with."
-        )
-    return config
-
-
-def _check_output_dir(output_dir: Path, config: ScratchGPTConfig) -> None:
-    """Refuse to overwrite a file, or a folder that holds some other model."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"Output folder {output_dir} is a file.")
+def _check_no_other_model(output_dir: Path, config: ScratchGPTConfig) -> None:
+    """Refuse to mix this run's checkpoints and model with those of a model of another shape."""
     saved = output_dir / "config.json"
     if not saved.is_file():
         return

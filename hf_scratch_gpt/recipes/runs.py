@@ -1,0 +1,150 @@
+"""What every recipe run shares: training arguments checked before anything starts, the checkpoint a run
+resumes from, and an output folder that is never left half-written.
+
+Trainer writes a checkpoint's `trainer_state.json` last, so a checkpoint whose state parses was written
+whole; one cut off by a kill is passed over when resuming. The final model, card and plot are written
+into a hidden staging folder and moved into place at the end.
+"""
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import field
+from pathlib import Path
+
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+RESUME_LAST = "last"  # --resume_from_checkpoint last: the newest complete checkpoint in the output folder
+_CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+
+
+def resume_field():
+    """The `resume_from_checkpoint` flag of our TrainingArguments, which also takes `last`."""
+    return field(default=None, metadata={"help": f"Continue an interrupted run from this checkpoint folder, or "
+                                                 f"'{RESUME_LAST}' for the newest complete one in --output_dir."})
+
+
+def check_training_args(args) -> None:
+    """Refuse settings that Trainer and torch accept silently or trip over only later."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "learning_rate"):
+        _require_positive(name, getattr(args, name))
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max_steps={args.max_steps} is invalid: give a positive number of steps, or -1 to "
+                         "train for --num_train_epochs.")
+    if args.max_steps == -1:
+        _require_positive("num_train_epochs", args.num_train_epochs)
+    for name, strategy in (("eval_steps", args.eval_strategy), ("save_steps", args.save_strategy)):
+        if strategy == "steps" and getattr(args, name) is not None:
+            _require_positive(name, getattr(args, name))
+    if args.weight_decay < 0:
+        raise ValueError(f"--weight_decay={args.weight_decay} is invalid: it must be >= 0.")
+    if args.save_total_limit is not None and args.save_total_limit <= 0:
+        raise ValueError(f"--save_total_limit={args.save_total_limit} is invalid: keep at least 1 checkpoint "
+                         "(or leave it unset to keep them all).")
+
+
+def _require_positive(name: str, value) -> None:
+    if not value > 0:
+        raise ValueError(f"--{name}={value} is invalid: it must be positive.")
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names: a checkpoint folder, or `last` for the newest
+    complete one in the output folder."""
+    requested = training_args.resume_from_checkpoint
+    if requested is None:
+        return None
+    if requested != RESUME_LAST:
+        if not _is_complete(Path(requested)):
+            raise ValueError(f"--resume_from_checkpoint {requested} is not a complete checkpoint (a checkpoint-N "
+                             f"folder with its {TRAINER_STATE_NAME}); give one, or '{RESUME_LAST}'.")
+        return requested
+    output_dir = Path(training_args.output_dir)
+    newest_first = sorted(_checkpoints(output_dir), key=lambda c: -int(_CHECKPOINT.fullmatch(c.name)[1]))
+    for checkpoint in newest_first:
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        logger.warning("Passing over %s: it was not written whole (the run stopped while saving it).", checkpoint)
+    raise ValueError(f"--resume_from_checkpoint {RESUME_LAST}: {output_dir} holds no complete checkpoint to "
+                     "resume from; start the run without the flag.")
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    return [path for path in output_dir.iterdir() if _CHECKPOINT.fullmatch(path.name) and path.is_dir()]
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        return isinstance(json.loads((checkpoint / TRAINER_STATE_NAME).read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an output folder that is a file or cannot be written, before any work is done."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"Output folder {output_dir} is a file; choose another --output_dir.")
+    existing = next(path for path in (output_dir.absolute(), *output_dir.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"Output folder {output_dir} cannot be created: {existing} is a file.")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise ValueError(f"Output folder {output_dir} cannot be written ({error.strerror} in {existing}); "
+                         "choose another --output_dir.") from None
+
+
+@contextmanager
+def output_folder(output_dir: Path):
+    """Around a whole run: check the folder first, and if the run fails, remove the folder again when
+    this run created it and left nothing in it worth keeping (a complete checkpoint or a saved model)."""
+    check_output_dir(output_dir)
+    created = not output_dir.exists()
+    try:
+        yield output_dir
+    except BaseException:
+        if created and output_dir.is_dir() and not any(map(_worth_keeping, output_dir.iterdir())):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _worth_keeping(path: Path) -> bool:
+    if path.name.startswith("."):  # a staging folder
+        return False
+    return _is_complete(path) if _CHECKPOINT.fullmatch(path.name) else True
+
+
+@contextmanager
+def saving_into(output_dir: Path):
+    """Yield a hidden staging folder inside `output_dir` for the final files, then move them in. A run
+    killed or failing while saving leaves the folder as it was, its checkpoints intact."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(".saving-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
+    try:
+        yield staging
+        for item in staging.iterdir():
+            target = output_dir / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            resume = f" with --resume_from_checkpoint {RESUME_LAST}" if _checkpoints(output_dir) else ""
+            raise OSError(error.errno, f"No space left on the device while saving to {output_dir}; free some "
+                                       f"space and run again{resume}.") from error
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
