@@ -36,7 +36,7 @@ def _load_for_generation(args: SamplingArguments, model_dir: str):
     from transformers import set_seed
     from transformers.utils import logging
 
-    from .loading import load_model, load_tokenizer
+    from .loading import load_config, load_model, load_tokenizer
     from .modeling_scratch_gpt import ScratchGPTForCausalLM
 
     logging.disable_progress_bar()  # the reply is the output: no loading bars around it
@@ -45,6 +45,7 @@ def _load_for_generation(args: SamplingArguments, model_dir: str):
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     set_seed(args.seed)
+    load_config(model_dir)  # a model of ours or GPT-2's, before its tokenizer is looked at
     tokenizer = load_tokenizer(model_dir)
     return tokenizer, load_model(model_dir, ScratchGPTForCausalLM, tokenizer).eval()
 

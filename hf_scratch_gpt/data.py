@@ -92,9 +92,12 @@ def _read_tables(source, files: list[str], also: str | None = None) -> Dataset:
     for f in files:
         if _TABLES[suffix] == "json":
             _check_json_records(f)
-        elif _TABLES[suffix] == "csv":
-            read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
-    dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+        elif _TABLES[suffix] == "csv" and len(read_text_file(f).strip().splitlines()) < 2:
+            raise ValueError(f"Data {f} holds no rows (a header at most).")
+    try:
+        dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+    except Exception as error:
+        raise ValueError(f"Cannot read {source} as {_TABLES[suffix]}: {error}") from error
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no rows.")
     return dataset
@@ -371,6 +374,9 @@ class InstructionCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if self.mask_prompt and any("prompt_length" not in f for f in features):
+            raise ValueError("InstructionCollator(mask_prompt=True) needs each row's prompt_length (rows from "
+                             "build_instruction_dataset have it; keep it with remove_unused_columns=False).")
         rows = [list(f["input_ids"])[: self.max_length] for f in features]
         width = max(map(len, rows))
         if self.pad_to_multiple_of:

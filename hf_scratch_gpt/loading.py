@@ -20,7 +20,7 @@ _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 def load_config(source: str):
     """The config of the model in `source` (a folder or Hub id), checked to be ours or GPT-2's."""
     if _is_local(source):
-        _check_config_file(Path(source))
+        _require_supported(source, _config_fields(Path(source)).get("model_type"))  # before any code is looked for
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:
@@ -38,7 +38,7 @@ def _is_local(source) -> bool:
     return False
 
 
-def _check_config_file(folder: Path) -> None:
+def _config_fields(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} is not a model folder: it has no config.json. Give a folder written by "
@@ -49,7 +49,7 @@ def _check_config_file(folder: Path) -> None:
         raise ValueError(f"{path} is not valid JSON ({error}); save the model again.") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object of config fields.")
-    _require_supported(folder, fields.get("model_type"))  # before transformers looks for the model's own code
+    return fields
 
 
 def _require_supported(source, model_type) -> None:
@@ -60,7 +60,12 @@ def _require_supported(source, model_type) -> None:
 def load_tokenizer(source: str, pad_with_eos: bool = False):
     """The tokenizer saved with `source`; with `pad_with_eos`, padding with end-of-text when it has no pad
     token (as the book does)."""
-    _is_local(source)
+    if _is_local(source):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"{source} is not a folder; give the folder a model and its tokenizer were saved to.")
+        if (folder / "config.json").exists() and _config_fields(folder).get("model_type") in MODEL_TYPES:
+            load_config(source)  # the tokenizer reads the model's config: check it first
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as error:

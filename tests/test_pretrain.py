@@ -1,10 +1,14 @@
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
@@ -67,13 +71,62 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     assert f"{metrics['eval_loss']:.4f}" in card.text and "| n_layers | 2 |" in card.text
 
 
-def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_does(corpus, tmp_path):
-    straight = pretrain(*tiny_run(corpus, tmp_path / "straight"))
-    pretrain(*tiny_run(corpus, tmp_path / "halted"))
-    shutil.rmtree(tmp_path / "halted" / "checkpoint-16")  # as if stopped after the step-8 checkpoint
-    checkpoint = str(tmp_path / "halted" / "checkpoint-8")
-    resumed = pretrain(*tiny_run(corpus, tmp_path / "halted", resume_from_checkpoint=checkpoint))
-    assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], abs=1e-5)
+# Runs the CLI's pretrain command in a subprocess that SIGKILLs itself at the end of a given step.
+KILLED_RUN = """
+import os, signal, sys
+from transformers import HfArgumentParser, TrainerCallback
+from hf_scratch_gpt.cli import _pretrain_flags
+from hf_scratch_gpt.recipes import pretrain
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+pretrain(*HfArgumentParser(_pretrain_flags()).parse_args_into_dataclasses(sys.argv[2:]), callbacks=[KillAt()])
+"""
+
+
+def cli_args(corpus, output_dir) -> list[str]:
+    return ["--data", str(corpus), "--output_dir", str(output_dir), "--tokenizer_kind", "char", "--context_length",
+            "32", "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_length", "32", "--stride", "16",
+            "--max_steps", "16", "--per_device_train_batch_size", "8", "--eval_steps", "8", "--save_steps", "8",
+            "--logging_steps", "4", "--seed", "7", "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
+
+
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_model(corpus, tmp_path, capsys):
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "straight")]) == 0
+
+    halted = tmp_path / "halted"
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, "12", *cli_args(corpus, halted)], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert sorted(p.name for p in halted.iterdir()) == ["checkpoint-8"]  # killed at step 12: nothing else written
+    # A kill while checkpoint-12 was being written: Trainer writes trainer_state.json last, here cut short.
+    shutil.copytree(halted / "checkpoint-8", halted / "checkpoint-12")
+    state = halted / "checkpoint-12" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])
+
+    assert main(["pretrain", *cli_args(corpus, halted), "--resume_from_checkpoint", "last"]) == 0
+    capsys.readouterr()
+    straight_metrics = json.loads((tmp_path / "straight" / "eval_results.json").read_text())
+    resumed_metrics = json.loads((halted / "eval_results.json").read_text())
+    assert resumed_metrics["eval_loss"] == pytest.approx(straight_metrics["eval_loss"], abs=1e-5)
+    straight_weights = load_file(tmp_path / "straight" / "model.safetensors")
+    for name, tensor in load_file(halted / "model.safetensors").items():
+        torch.testing.assert_close(tensor, straight_weights[name], atol=1e-5, rtol=0)
+    history = json.loads((halted / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [4, 8, 12, 16]  # the log spans both halves of the run
+
+
+def test_resuming_needs_a_complete_checkpoint(corpus, tmp_path, capsys):
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "none"), "--resume_from_checkpoint", "last"]) == 1
+    assert "holds no complete checkpoint to resume from; start the run without the flag" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    partial = tmp_path / "partial" / "checkpoint-8"
+    partial.mkdir(parents=True)
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "partial"), "--resume_from_checkpoint", str(partial)]) == 1
+    assert "is not a complete checkpoint (a checkpoint-N folder with its trainer_state.json)" in capsys.readouterr().err
 
 
 def test_continue_from_a_saved_model(corpus, tmp_path):

@@ -15,7 +15,7 @@ from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
-from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
+from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ClassificationArguments(FineTuningArguments):
 
 
 @dataclass
-class ClassificationTrainingArguments(TrainingArguments):
+class ClassificationTrainingArguments(RecipeTrainingArguments):
     """`TrainingArguments` with the book's fine-tuning defaults: 5 epochs, AdamW 5e-5, weight decay 0.1,
     evaluation every epoch, the most accurate epoch kept."""
 
@@ -47,7 +47,6 @@ class ClassificationTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "What 'best' means."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
-    resume_from_checkpoint: str | None = resume_field()
 
 
 def classification_metrics(label_names: list[str]):
@@ -95,11 +94,11 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
     trainer_args, repo_id = prepare_push(training_args)
     checkpoint = resume_checkpoint(training_args)
 
+    max_length = context_max_length(args.max_length, load_config(args.model))
     tokenizer = load_tokenizer(args.model, pad_with_eos=True)
     datasets = build_classification_dataset(
-        load_labelled(args.data, args.text_column, args.label_column), tokenizer,
-        context_max_length(args.max_length, load_config(args.model)), tuple(args.split_fractions),
-        args.split_seed, args.balance,
+        load_labelled(args.data, args.text_column, args.label_column), tokenizer, max_length,
+        tuple(args.split_fractions), args.split_seed, args.balance,
     )
     label_names = datasets["train"].features["labels"].names
     model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, num_labels=len(label_names),

@@ -15,12 +15,12 @@ from transformers.trainer_utils import IntervalStrategy
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
 from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_instruction_card
-from ..loading import load_model, load_tokenizer
+from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
 from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
 from .pretraining import LanguageModelTrainer
-from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
+from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
 
 
 @dataclass
@@ -43,7 +43,7 @@ class InstructionArguments(FineTuningArguments):
 
 
 @dataclass
-class InstructionTrainingArguments(TrainingArguments):
+class InstructionTrainingArguments(RecipeTrainingArguments):
     """`TrainingArguments` with the book's instruction fine-tuning defaults: 2 epochs, batch 8, AdamW
     5e-5 with weight decay 0.1; validation loss every epoch."""
 
@@ -59,7 +59,6 @@ class InstructionTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `prompt_length` for the collator."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
-    resume_from_checkpoint: str | None = resume_field()
 
 
 def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None,
@@ -91,11 +90,11 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     if judge:
         judge.check()
 
+    max_length = context_max_length(args.max_length, load_config(args.model))
     tokenizer = load_tokenizer(args.model, pad_with_eos=True)
     tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
     model = load_model(args.model, ScratchGPTForCausalLM, tokenizer)
     tokenizer.model_max_length = model.config.context_length
-    max_length = context_max_length(args.max_length, model.config)
     datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
                                          args.split_seed)
     model = make_trainable(model, args, "CAUSAL_LM", head="out_head")

@@ -15,10 +15,10 @@ from transformers.training_args import OptimizerNames
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
 from ..hub import plot_losses, prepare_push, push_run, write_pretraining_card
-from ..loading import load_model, load_tokenizer
+from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .runs import check_training_args, output_folder, resume_checkpoint, resume_field, saving_into
+from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DataArguments:
 
 
 @dataclass
-class PretrainingArguments(TrainingArguments):
+class PretrainingArguments(RecipeTrainingArguments):
     """`TrainingArguments` with defaults that train the small default model in a few CPU minutes."""
 
     output_dir: str | None = field(default="scratch-gpt", metadata={"help": "Where the model and checkpoints go."})
@@ -88,7 +88,6 @@ class PretrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="eval_loss", metadata={"help": "What 'best' means."})
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
-    resume_from_checkpoint: str | None = resume_field()
 
 
 class SampleCallback(TrainerCallback):
@@ -151,6 +150,8 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
     checkpoint = resume_checkpoint(training_args)
     # A resumed run continues the model and tokenizer its checkpoint holds.
     model_source = model_args.model_name_or_path or checkpoint
+    if model_source:
+        load_config(model_source)  # a model of ours or GPT-2's, before its tokenizer is looked at
 
     corpus = load_corpus(data_args.data, data_args.text_column)
     tokenizer_source = model_args.tokenizer_name_or_path or model_source

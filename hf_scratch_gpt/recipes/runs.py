@@ -14,9 +14,10 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -26,10 +27,18 @@ RESUME_LAST = "last"  # --resume_from_checkpoint last: the newest complete check
 _CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
-def resume_field():
-    """The `resume_from_checkpoint` flag of our TrainingArguments, which also takes `last`."""
-    return field(default=None, metadata={"help": f"Continue an interrupted run from this checkpoint folder, or "
-                                                 f"'{RESUME_LAST}' for the newest complete one in --output_dir."})
+@dataclass
+class RecipeTrainingArguments(TrainingArguments):
+    """`TrainingArguments` checked as they are built (a bad value fails before anything starts), whose
+    `resume_from_checkpoint` also takes `last`."""
+
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": f"Continue an interrupted run from this checkpoint folder, or '{RESUME_LAST}' for the newest "
+                "complete one in --output_dir."})
+
+    def __post_init__(self):
+        check_training_args(self)
+        super().__post_init__()
 
 
 def check_training_args(args) -> None:
