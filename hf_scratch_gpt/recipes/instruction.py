@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions

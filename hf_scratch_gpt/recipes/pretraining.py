@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
+from transformers import Trainer, TrainerCallback, default_data_collator, set_seed
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
