@@ -173,6 +173,9 @@ def _optimisation(training_args, wall_seconds) -> dict:
     return {
         "batch size (per device)": args["per_device_train_batch_size"],
         "gradient accumulation": args["gradient_accumulation_steps"],
+        "processes": training_args.world_size,
+        "global batch size": args["per_device_train_batch_size"] * args["gradient_accumulation_steps"]
+                             * training_args.world_size,
         "learning rate": f"{args['learning_rate']} ({args['lr_scheduler_type']}, warmup {args['warmup_steps']})",
         "optimizer": f"{args['optim']} (betas {args['adam_beta1']}, {args['adam_beta2']}; "
                      f"weight decay {args['weight_decay']})",

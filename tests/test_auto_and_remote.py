@@ -141,3 +141,16 @@ def test_code_files_import_nothing_from_the_package():
             assert top in ("torch", "transformers", "huggingface_hub") or top in sys.stdlib_module_names or module in (
                 ".configuration_scratch_gpt",
             ), line
+
+
+def test_device_map_auto_loads_the_model_whole(run_folders):
+    """`device_map="auto"` (accelerate's big-model loading) keeps each block on one device and gives the
+    same logits."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(run_folders["pretrain"]).eval()
+    mapped = AutoModelForCausalLM.from_pretrained(run_folders["pretrain"], device_map="auto").eval()
+    ids = torch.arange(1, 9).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(mapped(ids).logits, reference(ids).logits)
+    assert set(mapped._no_split_modules) == {"TransformerBlock"}

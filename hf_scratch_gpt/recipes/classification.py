@@ -14,8 +14,22 @@ from ..data import build_classification_dataset, load_labelled
 from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_classification_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
-from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
-from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
+from .finetuning import (
+    FineTuningArguments,
+    check_fine_tuning_args,
+    context_max_length,
+    make_trainable,
+    require_whole_weights,
+    save_model,
+)
+from .runs import (
+    RecipeTrainingArguments,
+    check_training_args,
+    output_folder,
+    resume_checkpoint,
+    saving_into,
+    write_training_args,
+)
 
 
 @dataclass
@@ -96,10 +110,11 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
 
     max_length = context_max_length(args.max_length, load_config(args.model))
     tokenizer = load_tokenizer(args.model, pad_with_eos=True)
-    datasets = build_classification_dataset(
-        load_labelled(args.data, args.text_column, args.label_column), tokenizer, max_length,
-        tuple(args.split_fractions), args.split_seed, args.balance,
-    )
+    with training_args.main_process_first(desc="tokenizing"):  # other ranks read datasets' cache
+        datasets = build_classification_dataset(
+            load_labelled(args.data, args.text_column, args.label_column), tokenizer, max_length,
+            tuple(args.split_fractions), args.split_seed, args.balance,
+        )
     label_names = datasets["train"].features["labels"].names
     model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, num_labels=len(label_names),
                        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
@@ -115,6 +130,7 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
         compute_metrics=classification_metrics(label_names),
         callbacks=callbacks,
     )
+    require_whole_weights(trainer)
     trainer.train(resume_from_checkpoint=checkpoint)
     test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
     metrics = dict(test.metrics) if test else trainer.evaluate()
@@ -127,7 +143,7 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
         np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
     with saving_into(output_dir) as staging:
         model = save_model(model, tokenizer, staging, args.mode)
-        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        write_training_args(staging, training_args)
         plot_losses(trainer.state.log_history, staging / "loss.png")
         card = write_classification_card(
             staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,

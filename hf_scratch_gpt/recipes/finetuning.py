@@ -75,6 +75,15 @@ def make_trainable(model, args: FineTuningArguments, task_type: str, head: str):
     return model
 
 
+def require_whole_weights(trainer) -> None:
+    """The fine-tuned model is saved (and LoRA merged into it) by process 0 from its own copy of the weights,
+    which FSDP and DeepSpeed ZeRO-3 would have sharded away: refuse them before training, not after."""
+    deepspeed = trainer.accelerator.state.deepspeed_plugin
+    if trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+        raise ValueError("The fine-tuning recipes run with DDP or DeepSpeed ZeRO-1/2 (LoRA and the book's last "
+                         "blocks train a few MB: sharding them buys nothing); launch without FSDP / ZeRO-3.")
+
+
 def save_model(model, tokenizer, output_dir: Path, mode: str):
     """Write the trained model and its tokenizer to `output_dir`; for LoRA also the adapter to
     `output_dir/adapter`, with the merged model in `output_dir` itself. Returns the saved model."""

@@ -18,9 +18,23 @@ from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
-from .finetuning import FineTuningArguments, check_fine_tuning_args, context_max_length, make_trainable, save_model
+from .finetuning import (
+    FineTuningArguments,
+    check_fine_tuning_args,
+    context_max_length,
+    make_trainable,
+    require_whole_weights,
+    save_model,
+)
 from .pretraining import LanguageModelTrainer
-from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
+from .runs import (
+    RecipeTrainingArguments,
+    check_training_args,
+    output_folder,
+    resume_checkpoint,
+    saving_into,
+    write_training_args,
+)
 
 
 @dataclass
@@ -95,20 +109,28 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
     model = load_model(args.model, ScratchGPTForCausalLM, tokenizer)
     tokenizer.model_max_length = model.config.context_length
-    datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
-                                         args.split_seed)
+    with training_args.main_process_first(desc="formatting and tokenizing"):  # other ranks read datasets' cache
+        datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
+                                             args.split_seed)
     model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
+    collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
+    test = datasets.get("test")
+    metrics = {}
+    if test is not None:  # the base model's score, by a Trainer of its own: a Trainer that evaluated before
+        # training would skip wrapping the model in DistributedDataParallel, leaving each process to train alone
+        base = LanguageModelTrainer(model=model, args=trainer_args, eval_dataset=test, processing_class=tokenizer,
+                                    data_collator=collator)
+        metrics = base.evaluate(metric_key_prefix="base_test")
     trainer = LanguageModelTrainer(
         model=model,
         args=trainer_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
-        data_collator=InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt),
+        data_collator=collator,
         callbacks=callbacks,
     )
-    test = datasets.get("test")
-    metrics = trainer.evaluate(test, metric_key_prefix="base_test") if test is not None else {}
+    require_whole_weights(trainer)
     trainer.train(resume_from_checkpoint=checkpoint)
     if test is not None:
         metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
@@ -130,7 +152,7 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
                     response["judge_score"] = judge.score(response, response["model_response"])
                 metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
             (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        write_training_args(staging, training_args)
         plot_losses(trainer.state.log_history, staging / "loss.png")
         card = write_instruction_card(
             staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,

@@ -18,7 +18,14 @@ from ..hub import plot_losses, prepare_push, push_run, write_pretraining_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .runs import RecipeTrainingArguments, check_training_args, output_folder, resume_checkpoint, saving_into
+from .runs import (
+    RecipeTrainingArguments,
+    check_training_args,
+    output_folder,
+    resume_checkpoint,
+    saving_into,
+    write_training_args,
+)
 
 
 @dataclass
@@ -171,10 +178,11 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
             f"max_length={max_length} is longer than the model's context_length={config.context_length}."
         )
     _check_no_other_model(output_dir, config)
-    datasets = build_lm_dataset(
-        corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
-        data_args.num_proc,
-    )
+    with training_args.main_process_first(desc="tokenizing and windowing"):  # other ranks read datasets' cache
+        datasets = build_lm_dataset(
+            corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
+            data_args.num_proc,
+        )
     tokenizer.model_max_length = config.context_length
 
     trainer = LanguageModelTrainer(
@@ -188,16 +196,17 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if "validation" in datasets else {}
+    # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if not trainer.is_world_process_zero():
         return metrics
 
     tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
     tokens_per_step *= training_args.gradient_accumulation_steps
     with saving_into(output_dir) as staging:
-        trainer.save_model(staging)
-        # Trainer pickles its arguments; the shared folder keeps them as JSON instead.
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        (staging / "training_args.json").write_text(training_args.to_json_string() + "\n")
+        trainer.model.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
+        write_training_args(staging, training_args)
         plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
         write_pretraining_card(
             staging,

@@ -134,6 +134,12 @@ def _worth_keeping(path: Path) -> bool:
     return _is_complete(path) if _CHECKPOINT.fullmatch(path.name) else True
 
 
+def write_training_args(folder: Path, training_args) -> None:
+    """The run's arguments as JSON (Trainer's own copy is a pickle), with the number of processes it ran on."""
+    arguments = {**training_args.to_dict(), "world_size": training_args.world_size}
+    (folder / "training_args.json").write_text(json.dumps(arguments, indent=2) + "\n")
+
+
 @contextmanager
 def saving_into(output_dir: Path):
     """Yield a hidden staging folder inside `output_dir` for the final files, then move them in. A run

@@ -1,0 +1,174 @@
+"""The recipes under several processes: `torchrun` and `accelerate launch` with 2 CPU processes (gloo).
+
+Slow (each launch starts two Pythons): `python -m pytest -m slow tests/test_distributed.py`.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import INSTRUCTIONS, SMS
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_scratch_gpt.data import build_classification_dataset, load_labelled
+
+pytestmark = pytest.mark.slow
+
+# A recipe run as the CLI runs it, plus two records for the test: each rank's in-memory model's logits at the
+# end of training, and which ranks entered the final save.
+RECIPE_RUN = """
+import sys
+import torch
+from safetensors.torch import save_file
+from transformers import HfArgumentParser, TrainerCallback
+from hf_scratch_gpt.cli import COMMANDS
+from hf_scratch_gpt.recipes import classification, classify, instruct, instruction, pretrain, pretraining
+
+command, records = sys.argv[1], sys.argv[2]
+
+class RecordLogits(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=torch.arange(1, 9).unsqueeze(0)).logits
+        save_file({"logits": logits.contiguous()}, f"{records}/logits-rank{args.process_index}.safetensors")
+
+def recorded(saving_into):
+    def wrapper(output_dir):
+        import torch.distributed as dist
+        open(f"{records}/saved-by-rank{dist.get_rank()}", "w").close()
+        return saving_into(output_dir)
+    return wrapper
+
+for module in (pretraining, classification, instruction):
+    module.saving_into = recorded(module.saving_into)
+flags = HfArgumentParser(COMMANDS[command][1]()).parse_args_into_dataclasses(sys.argv[3:])
+{"pretrain": pretrain, "classify": classify, "instruct": instruct}[command](*flags, callbacks=[RecordLogits()])
+"""
+
+
+def launch(launcher: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    runner = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        # accelerate's --cpu launcher needs MPI for several processes; its torchrun-based one runs on CPUs too.
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    }[launcher]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([*runner, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+# --use_cpu: on CPU, Trainer joins the processes torchrun started only when told to use the CPU (gloo).
+QUIET = ["--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--report_to", "none", "--seed", "0",
+         "--use_cpu", "true"]
+
+
+@pytest.fixture(scope="module")
+def base(run_folders):
+    """The pretrained folder of conftest's runs: the base model of the fine-tuning runs."""
+    return run_folders["pretrain"]
+
+
+def run_recipe(launcher, command, flags, tmp_path) -> tuple[Path, Path]:
+    records = tmp_path / "records"
+    records.mkdir()
+    script = tmp_path / "recipe_run.py"
+    script.write_text(RECIPE_RUN)
+    out = tmp_path / "out"
+    launch(launcher, str(script), command, str(records), *flags, "--output_dir", str(out), *QUIET, cwd=tmp_path)
+    return out, records
+
+
+def check_one_model_trained_by_two_ranks(out: Path, records: Path, model_class):
+    assert json.loads((out / "training_args.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in records.glob("saved-by-*")) == ["saved-by-rank0"]  # only rank 0 writes
+    assert not list(out.glob(".saving-*"))
+    rank0 = load_file(records / "logits-rank0.safetensors")["logits"]
+    rank1 = load_file(records / "logits-rank1.safetensors")["logits"]
+    torch.testing.assert_close(rank1, rank0, atol=1e-6, rtol=0)  # DDP kept the replicas equal
+    saved = model_class.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(saved(input_ids=torch.arange(1, 9).unsqueeze(0)).logits, rank0, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
+    flags = ["--data", str(run_folders["root"] / "corpus.txt"), "--tokenizer_kind", "char", "--context_length", "64",
+             "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_length", "32",
+             "--per_device_train_batch_size", "4", "--max_steps", "6", "--eval_steps", "3", "--save_steps", "3"]
+    out, records = run_recipe(launcher, "pretrain", flags, tmp_path)
+    check_one_model_trained_by_two_ranks(out, records, AutoModelForCausalLM)
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and (out / "README.md").is_file()
+    assert "| processes | 2 |" in (out / "README.md").read_text()
+
+
+def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, tmp_path):
+    data = run_folders["root"] / "sms.tsv"
+    flags = ["--model", str(base), "--data", str(data), "--text_column", "SMS", "--label_column", "Label",
+             "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+             "--learning_rate", "1e-2", "--split_fractions", "0.7", "0.125", "0.175"]
+    out, records = run_recipe("torchrun", "classify", flags, tmp_path)
+    check_one_model_trained_by_two_ranks(out, records, AutoModelForSequenceClassification)
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    splits = build_classification_dataset(load_labelled(data, "SMS", "Label"), tokenizer, 256, (0.7, 0.125, 0.175))
+    state = json.loads(sorted(out.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == math.ceil(len(splits["train"]) / (4 * 2))  # each rank saw half the rows
+    # The test metrics cover the whole test split (gathered from both ranks, no duplicates), not one rank's half.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        predicted = [model(input_ids=torch.tensor([row["input_ids"]])).logits.argmax(-1).item()
+                     for row in splits["test"]]
+    accuracy = sum(p == row["labels"] for p, row in zip(predicted, splits["test"])) / len(predicted)
+    assert len(splits["test"]) % 2 == 1  # uneven: a naive gather would count a row twice
+    assert json.loads((out / "test_results.json").read_text())["test_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.xfail(strict=True, reason="issue #8, open: under DDP the instruct recipe's processes get different "
+                   "gradients from the first step (pretrain and classify do not); not yet understood")
+def test_instruct_on_two_processes(base, run_folders, tmp_path):
+    flags = ["--model", str(base), "--data", str(run_folders["root"] / "instructions.json"), "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_new_tokens", "4"]
+    out, records = run_recipe("torchrun", "instruct", flags, tmp_path)
+    check_one_model_trained_by_two_ranks(out, records, AutoModelForCausalLM)
+    assert len(json.loads((out / "test_responses.json").read_text())) >= 1
+
+
+FSDP_RUN = """
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM
+import hf_scratch_gpt
+
+dist.init_process_group("gloo")
+model = AutoModelForCausalLM.from_pretrained(__import__("sys").argv[1])
+ids = torch.arange(1, 17).reshape(2, 8)
+whole = model(input_ids=ids, labels=ids).loss.item()
+blocks = [m for m in model.modules() if type(m).__name__ in model._no_split_modules]  # what auto-wrap wraps
+for block in blocks:
+    fully_shard(block)
+fully_shard(model)
+loss = model(input_ids=ids, labels=ids).loss
+loss.backward()
+assert len(blocks) == model.config.n_layers and all(type(p).__name__ == "DTensor" for p in model.parameters())
+assert abs(loss.item() - whole) < 1e-5, (loss.item(), whole)
+print("fsdp ok", dist.get_rank())
+"""
+
+
+def test_fsdp_shards_the_model_block_by_block(run_folders, tmp_path):
+    """FSDP2 on CPU (gloo), wrapping what `_no_split_modules` names, as accelerate's TRANSFORMER_BASED_WRAP
+    does: the sharded model computes the loss of the whole one and back-propagates."""
+    script = tmp_path / "fsdp_run.py"
+    script.write_text(FSDP_RUN)
+    result = launch("torchrun", str(script), str(run_folders["pretrain"]), cwd=tmp_path)
+    assert result.stdout.count("fsdp ok") == 2
