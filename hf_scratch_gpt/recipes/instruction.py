@@ -116,11 +116,13 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
     test = datasets.get("test")
     metrics = {}
-    if test is not None:  # the base model's score, by a Trainer of its own: a Trainer that evaluated before
-        # training would skip wrapping the model in DistributedDataParallel, leaving each process to train alone
+    if test is not None:  # the base model's score, by a Trainer of its own
         base = LanguageModelTrainer(model=model, args=trainer_args, eval_dataset=test, processing_class=tokenizer,
                                     data_collator=collator)
         metrics = base.evaluate(metric_key_prefix="base_test")
+        # Evaluating marks the model as prepared by accelerate (accelerate 1.15), so the training Trainer would
+        # not wrap it in DistributedDataParallel: every process would train its own copy. Unmark it.
+        vars(model).pop("_is_accelerate_prepared", None)
     trainer = LanguageModelTrainer(
         model=model,
         args=trainer_args,
