@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import INSTRUCTIONS, SMS
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -66,9 +65,8 @@ def launch(launcher: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-# --use_cpu: on CPU, Trainer joins the processes torchrun started only when told to use the CPU (gloo).
-QUIET = ["--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--report_to", "none", "--seed", "0",
-         "--use_cpu", "true"]
+# No --use_cpu: the recipes join the processes on a machine without GPUs by themselves.
+QUIET = ["--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--report_to", "none", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +109,13 @@ def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
     assert "| processes | 2 |" in (out / "README.md").read_text()
 
 
-def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, tmp_path, launcher):
     data = run_folders["root"] / "sms.tsv"
     flags = ["--model", str(base), "--data", str(data), "--text_column", "SMS", "--label_column", "Label",
              "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
              "--learning_rate", "1e-2", "--split_fractions", "0.7", "0.125", "0.175"]
-    out, records = run_recipe("torchrun", "classify", flags, tmp_path)
+    out, records = run_recipe(launcher, "classify", flags, tmp_path)
     check_one_model_trained_by_two_ranks(out, records, AutoModelForSequenceClassification)
 
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -133,10 +132,11 @@ def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, t
     assert json.loads((out / "test_results.json").read_text())["test_accuracy"] == pytest.approx(accuracy)
 
 
-def test_instruct_on_two_processes(base, run_folders, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_instruct_on_two_processes(base, run_folders, tmp_path, launcher):
     flags = ["--model", str(base), "--data", str(run_folders["root"] / "instructions.json"), "--num_train_epochs", "1",
              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_new_tokens", "4"]
-    out, records = run_recipe("torchrun", "instruct", flags, tmp_path)
+    out, records = run_recipe(launcher, "instruct", flags, tmp_path)
     check_one_model_trained_by_two_ranks(out, records, AutoModelForCausalLM)
     state = json.loads(sorted(out.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
     assert state["global_step"] == 20 // (2 * 2)  # 24 records: 20 train, split between the ranks

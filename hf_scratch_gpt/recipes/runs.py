@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -38,6 +39,10 @@ class RecipeTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         check_training_args(self)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # Without GPUs, Trainer joins the processes torchrun / accelerate started only when told to use
+            # the CPU; otherwise each would train alone, all of them writing the same output folder.
+            self.use_cpu = True
         super().__post_init__()
 
 
