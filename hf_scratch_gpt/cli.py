@@ -114,8 +114,7 @@ def pretrain_command(model_args, data_args, training_args) -> None:
     from .recipes import pretrain
 
     metrics = pretrain(model_args, data_args, training_args)
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("eval_loss", "eval_perplexity"))
-    print(f"Saved the model to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+    _report_saved("the model", training_args, metrics, ("eval_loss", "eval_perplexity"))
 
 
 def classify_command(args, training_args) -> None:
@@ -123,8 +122,7 @@ def classify_command(args, training_args) -> None:
     from .recipes import classify
 
     metrics = classify(args, training_args)
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test_accuracy", "eval_accuracy"))
-    print(f"Saved the classifier to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+    _report_saved("the classifier", training_args, metrics, ("test_accuracy", "eval_accuracy"))
 
 
 def instruct_command(args, training_args) -> None:
@@ -132,8 +130,15 @@ def instruct_command(args, training_args) -> None:
     from .recipes import instruct
 
     metrics = instruct(args, training_args)
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("base_test_loss", "test_loss", "word_f1"))
-    print(f"Saved the instruction model to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+    _report_saved("the instruction model", training_args, metrics, ("base_test_loss", "test_loss", "word_f1"))
+
+
+def _report_saved(what: str, training_args, metrics: dict, keys: tuple[str, ...]) -> None:
+    """The line a training command ends with; printed by process 0 alone, the one that saved."""
+    if training_args.process_index != 0:
+        return
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in keys)
+    print(f"Saved {what} to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
 
 
 def convert_command(source: str, destination: str) -> None:

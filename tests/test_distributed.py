@@ -19,15 +19,17 @@ from hf_scratch_gpt.data import build_classification_dataset, load_labelled
 
 pytestmark = pytest.mark.slow
 
-# A recipe run as the CLI runs it, plus two records for the test: each rank's in-memory model's logits at the
+# A recipe run by the CLI's command, plus two records for the test: each rank's in-memory model's logits at the
 # end of training, and which ranks entered the final save.
 RECIPE_RUN = """
+import functools
 import sys
 import torch
 from safetensors.torch import save_file
 from transformers import HfArgumentParser, TrainerCallback
+from hf_scratch_gpt import recipes
 from hf_scratch_gpt.cli import COMMANDS
-from hf_scratch_gpt.recipes import classification, classify, instruct, instruction, pretrain, pretraining
+from hf_scratch_gpt.recipes import classification, instruction, pretraining
 
 command, records = sys.argv[1], sys.argv[2]
 
@@ -47,8 +49,9 @@ def recorded(saving_into):
 
 for module in (pretraining, classification, instruction):
     module.saving_into = recorded(module.saving_into)
-flags = HfArgumentParser(COMMANDS[command][1]()).parse_args_into_dataclasses(sys.argv[3:])
-{"pretrain": pretrain, "classify": classify, "instruct": instruct}[command](*flags, callbacks=[RecordLogits()])
+setattr(recipes, command, functools.partial(getattr(recipes, command), callbacks=[RecordLogits()]))
+_, flag_classes, run_command, _ = COMMANDS[command]
+run_command(*HfArgumentParser(flag_classes()).parse_args_into_dataclasses(sys.argv[3:]))
 """
 
 
@@ -81,7 +84,9 @@ def run_recipe(launcher, command, flags, tmp_path) -> tuple[Path, Path]:
     script = tmp_path / "recipe_run.py"
     script.write_text(RECIPE_RUN)
     out = tmp_path / "out"
-    launch(launcher, str(script), command, str(records), *flags, "--output_dir", str(out), *QUIET, cwd=tmp_path)
+    result = launch(launcher, str(script), command, str(records), *flags, "--output_dir", str(out), *QUIET,
+                    cwd=tmp_path)
+    assert result.stdout.count(f" to {out}") == 1  # "Saved ... to": one process saved, one says so
     return out, records
 
 
