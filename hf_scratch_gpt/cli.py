@@ -270,7 +270,18 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"hf-scratch-gpt {name}: error: {one_line(error)}", file=sys.stderr)
         return 2 if isinstance(error, _UsageError) else 1
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate launch, close the connections between the processes before exiting
+    (what torch asks of every distributed program; a process torn down with them open can abort)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _UsageError(Exception):

@@ -3,6 +3,7 @@
 Slow (each launch starts two Pythons): `python -m pytest -m slow tests/test_distributed.py`.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -19,16 +21,16 @@ from hf_scratch_gpt.data import build_classification_dataset, load_labelled
 
 pytestmark = pytest.mark.slow
 
-# A recipe run by the CLI's command, plus two records for the test: each rank's in-memory model's logits at the
+# A run of the CLI (`main`), plus two records for the test: each rank's in-memory model's logits at the
 # end of training, and which ranks entered the final save.
 RECIPE_RUN = """
 import functools
 import sys
 import torch
 from safetensors.torch import save_file
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import TrainerCallback
 from hf_scratch_gpt import recipes
-from hf_scratch_gpt.cli import COMMANDS
+from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.recipes import classification, instruction, pretraining
 
 command, records = sys.argv[1], sys.argv[2]
@@ -50,21 +52,30 @@ def recorded(saving_into):
 for module in (pretraining, classification, instruction):
     module.saving_into = recorded(module.saving_into)
 setattr(recipes, command, functools.partial(getattr(recipes, command), callbacks=[RecordLogits()]))
-_, flag_classes, run_command, _ = COMMANDS[command]
-run_command(*HfArgumentParser(flag_classes()).parse_args_into_dataclasses(sys.argv[3:]))
+sys.exit(main([command, *sys.argv[3:]]))
 """
 
 
-def launch(launcher: str, *args, cwd: Path) -> subprocess.CompletedProcess:
-    runner = {
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        # accelerate's --cpu launcher needs MPI for several processes; its torchrun-based one runs on CPUs too.
-        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
-    }[launcher]
+EXAMPLE_CONFIGS = Path(__file__).parent.parent / "examples" / "accelerate"
+DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install deepspeed")
+
+
+def launch(launcher: str, *args, cwd: Path, succeed: bool = True) -> subprocess.CompletedProcess:
+    """Run `args` on 2 processes by `torchrun`, `accelerate launch`, or accelerate with one of our example
+    configs (named without .yaml) shrunk to this machine."""
+    if launcher == "torchrun":
+        runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    elif launcher == "accelerate":  # its --cpu launcher needs MPI for several processes; this one runs on CPUs
+        runner = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        config = yaml.safe_load((EXAMPLE_CONFIGS / f"{launcher}.yaml").read_text()) | {
+            "num_processes": 2, "mixed_precision": "no"}
+        (cwd / "accelerate.yaml").write_text(yaml.safe_dump(config))
+        runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cwd / "accelerate.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([*runner, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == succeed, result.stderr[-4000:]
     return result
 
 
@@ -102,7 +113,8 @@ def check_one_model_trained_by_two_ranks(out: Path, records: Path, model_class):
         torch.testing.assert_close(saved(input_ids=torch.arange(1, 9).unsqueeze(0)).logits, rank0, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED),
+                                      pytest.param("deepspeed_zero3", marks=DEEPSPEED)])
 def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
     flags = ["--data", str(run_folders["root"] / "corpus.txt"), "--tokenizer_kind", "char", "--context_length", "64",
              "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_length", "32",
@@ -114,7 +126,7 @@ def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
     assert "| processes | 2 |" in (out / "README.md").read_text()
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED)])
 def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, tmp_path, launcher):
     data = run_folders["root"] / "sms.tsv"
     flags = ["--model", str(base), "--data", str(data), "--text_column", "SMS", "--label_column", "Label",
@@ -137,7 +149,7 @@ def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, t
     assert json.loads((out / "test_results.json").read_text())["test_accuracy"] == pytest.approx(accuracy)
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED)])
 def test_instruct_on_two_processes(base, run_folders, tmp_path, launcher):
     flags = ["--model", str(base), "--data", str(run_folders["root"] / "instructions.json"), "--num_train_epochs", "1",
              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_new_tokens", "4"]
@@ -148,6 +160,19 @@ def test_instruct_on_two_processes(base, run_folders, tmp_path, launcher):
     assert len(json.loads((out / "test_responses.json").read_text())) == 3  # rank 0 answers the whole test split
     results = json.loads((out / "test_results.json").read_text())
     assert results["test_loss"] < results["base_test_loss"]
+
+
+@DEEPSPEED
+def test_fine_tuning_refuses_zero3_before_training(base, run_folders, tmp_path):
+    flags = ["--model", str(base), "--data", str(run_folders["root"] / "sms.tsv"), "--text_column", "SMS",
+             "--label_column", "Label", "--num_train_epochs", "1"]
+    records = tmp_path / "records"
+    records.mkdir()
+    (tmp_path / "recipe_run.py").write_text(RECIPE_RUN)
+    result = launch("deepspeed_zero3", "recipe_run.py", "classify", str(records), *flags, "--output_dir",
+                    str(tmp_path / "out"), *QUIET, cwd=tmp_path, succeed=False)
+    assert "launch without FSDP / ZeRO-3" in result.stderr
+    assert not (tmp_path / "out").exists() and not list(records.iterdir())
 
 
 FSDP_RUN = """

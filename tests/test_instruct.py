@@ -1,6 +1,7 @@
 import http.server
 import json
 import random
+import shutil
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.data import InstructionCollator, build_instruction_dataset, load_instructions
 from hf_scratch_gpt.evaluation import Judge, generate_responses, response_scores, word_f1
 from hf_scratch_gpt.recipes import InstructionArguments, InstructionTrainingArguments, instruct
+from hf_scratch_gpt.recipes.pretraining import LanguageModelTrainer
 from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE, train_tokenizer
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "maple"]
@@ -193,7 +195,7 @@ def test_judge_scores_through_an_openai_compatible_endpoint(judge_url):
         Judge("http://127.0.0.1:9/v1").check()
 
 
-def test_lora_instruct_end_to_end(data_file, base_model, tmp_path, judge_url):
+def test_lora_instruct_end_to_end(data_file, tokenizer, base_model, tmp_path, judge_url):
     out = tmp_path / "tuned"
     args = InstructionArguments(model=str(base_model), data=str(data_file), lora_r=16, lora_alpha=32,
                                 max_new_tokens=12, judge_url=judge_url)
@@ -202,6 +204,10 @@ def test_lora_instruct_end_to_end(data_file, base_model, tmp_path, judge_url):
                                             dataloader_pin_memory=False, seed=0)
     metrics = instruct(args, training)
     assert metrics["test_loss"] < metrics["base_test_loss"] - 0.2
+    test = build_instruction_dataset(load_instructions(data_file), tokenizer, (0.85, 0.05, 0.10))["test"]
+    before = LanguageModelTrainer(model=AutoModelForCausalLM.from_pretrained(base_model), args=training,
+                                  eval_dataset=test, data_collator=InstructionCollator(tokenizer.pad_token_id, 256))
+    assert metrics["base_test_loss"] == pytest.approx(before.evaluate()["eval_loss"], abs=1e-6)
     assert metrics["test_perplexity"] == pytest.approx(torch.tensor(metrics["test_loss"]).exp().item(), rel=1e-6)
 
     responses = json.loads((out / "test_responses.json").read_text())
@@ -227,6 +233,22 @@ def test_lora_instruct_end_to_end(data_file, base_model, tmp_path, judge_url):
     adapter_card = ModelCard.load(out / "adapter" / "README.md")
     assert adapter_card.data.library_name == "peft" and f"base model `{base_model}`" in adapter_card.text
     assert (out / "adapter" / "loss.png").is_file() and (out / "adapter" / "chat_template.jinja").is_file()
+
+
+def test_a_resumed_run_reports_the_base_score_of_its_start(data_file, base_model, tmp_path):
+    args = InstructionArguments(model=str(base_model), data=str(data_file), max_new_tokens=2)
+
+    def run(out, **resume):
+        return instruct(args, InstructionTrainingArguments(output_dir=str(out), num_train_epochs=2, learning_rate=1e-2,
+                                                           disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+                                                           **resume))
+
+    whole = run(tmp_path / "whole")
+    first = min((tmp_path / "whole").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    shutil.copytree(first, tmp_path / "cut" / first.name)  # the same run, killed after its first epoch
+    resumed = run(tmp_path / "cut", resume_from_checkpoint="last")
+    assert resumed["base_test_loss"] == whole["base_test_loss"]  # from the checkpoint's log history
+    assert resumed["test_loss"] == pytest.approx(whole["test_loss"], abs=1e-5)
 
 
 def test_cli_instruct_then_chat(data_file, base_model, tmp_path, capsys, monkeypatch):

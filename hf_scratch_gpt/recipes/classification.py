@@ -99,7 +99,9 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     check_training_args(training_args)
     check_fine_tuning_args(args)
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _classify(args, training_args, output_dir, callbacks)
+        metrics = _classify(args, training_args, output_dir, callbacks)
+    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
+    return metrics
 
 
 def _classify(args, training_args, output_dir: Path, callbacks) -> dict:

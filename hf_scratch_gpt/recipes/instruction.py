@@ -75,6 +75,19 @@ class InstructionTrainingArguments(RecipeTrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
 
 
+class ScoreBeforeTraining(TrainerCallback):
+    """Evaluate `dataset` before the first training step, when Trainer has prepared the model for DDP or
+    DeepSpeed (`Trainer.evaluate` before `train` leaves it unwrapped under DDP, and fails under ZeRO-2).
+    The metrics go to the log history, where a resumed run finds them in its checkpoint."""
+
+    def __init__(self, trainer, dataset, metric_key_prefix: str):
+        self.trainer, self.dataset, self.metric_key_prefix = trainer, dataset, metric_key_prefix
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.trainer.evaluate(self.dataset, metric_key_prefix=self.metric_key_prefix)
+
+
 def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None,
              callbacks: list[TrainerCallback] | None = None) -> dict:
     """Fine-tune a model to follow instructions; returns the test metrics.
@@ -92,7 +105,9 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _instruct(args, training_args, output_dir, callbacks)
+        metrics = _instruct(args, training_args, output_dir, callbacks)
+    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
+    return metrics
 
 
 def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
@@ -115,14 +130,6 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
     collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
     test = datasets.get("test")
-    metrics = {}
-    if test is not None:  # the base model's score, by a Trainer of its own
-        base = LanguageModelTrainer(model=model, args=trainer_args, eval_dataset=test, processing_class=tokenizer,
-                                    data_collator=collator)
-        metrics = base.evaluate(metric_key_prefix="base_test")
-        # Evaluating marks the model as prepared by accelerate (accelerate 1.15), so the training Trainer would
-        # not wrap it in DistributedDataParallel: every process would train its own copy. Unmark it.
-        vars(model).pop("_is_accelerate_prepared", None)
     trainer = LanguageModelTrainer(
         model=model,
         args=trainer_args,
@@ -133,8 +140,13 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
         callbacks=callbacks,
     )
     require_whole_weights(trainer)
-    trainer.train(resume_from_checkpoint=checkpoint)
     if test is not None:
+        trainer.add_callback(ScoreBeforeTraining(trainer, test, "base_test"))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {}
+    if test is not None:
+        metrics = next({k: v for k, v in entry.items() if k.startswith("base_test_")}
+                       for entry in trainer.state.log_history if "base_test_loss" in entry)
         metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
         metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
     if not trainer.is_world_process_zero():

@@ -99,14 +99,15 @@ class PretrainingArguments(RecipeTrainingArguments):
 
 class SampleCallback(TrainerCallback):
     """Print a greedy continuation of a fixed prompt after each evaluation (the book's
-    `generate_and_print_sample`): the quickest way to see what the model has learned."""
+    `generate_and_print_sample`): the quickest way to see what the model has learned. Every process
+    generates (under FSDP and DeepSpeed ZeRO-3 a forward pass needs them all); process 0 prints."""
 
     def __init__(self, prompt: str, max_new_tokens: int = 40):
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if not state.is_world_process_zero or model is None or processing_class is None:
+        if model is None or processing_class is None:
             return
         ids = processing_class(self.prompt, return_tensors="pt").input_ids.to(model.device)
         room = model.config.context_length - ids.shape[1]
@@ -117,7 +118,8 @@ class SampleCallback(TrainerCallback):
         with torch.no_grad():
             output = model.generate(ids, max_new_tokens=min(self.max_new_tokens, room), do_sample=False)
         model.train(was_training)
-        print(f"\n[step {state.global_step}] {processing_class.decode(output[0], skip_special_tokens=True)!r}")
+        if state.is_world_process_zero:
+            print(f"\n[step {state.global_step}] {processing_class.decode(output[0], skip_special_tokens=True)!r}")
 
 
 class LanguageModelTrainer(Trainer):
@@ -147,7 +149,9 @@ def pretrain(
     training_args = training_args or PretrainingArguments()
     check_training_args(training_args)
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _pretrain(model_args, data_args, training_args, output_dir, callbacks)
+        metrics = _pretrain(model_args, data_args, training_args, output_dir, callbacks)
+    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
+    return metrics
 
 
 def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks) -> dict:
@@ -197,7 +201,7 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if "validation" in datasets else {}
     # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.is_world_process_zero():
         return metrics
 
