@@ -1,4 +1,5 @@
-"""The recipes under several processes: `torchrun` and `accelerate launch` with 2 CPU processes (gloo).
+"""The recipes under several processes: `torchrun` and `accelerate launch` with 2 CPU processes (gloo), and,
+where deepspeed is installed, accelerate with our DeepSpeed example configs.
 
 Slow (each launch starts two Pythons): `python -m pytest -m slow tests/test_distributed.py`.
 """
