@@ -1,7 +1,8 @@
 """The recipes under several processes: `torchrun` and `accelerate launch` with 2 CPU processes (gloo), and,
 where deepspeed is installed, accelerate with our DeepSpeed example configs.
 
-Slow (each launch starts two Pythons): `python -m pytest -m slow tests/test_distributed.py`.
+Each launch starts two Pythons (10-20 s): the default run launches every recipe with torchrun, the rest is
+slow. All of them: `python -m pytest -m "" tests/test_distributed.py`.
 """
 
 import importlib.util
@@ -20,7 +21,6 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hf_scratch_gpt.data import build_classification_dataset, load_labelled
 
-pytestmark = pytest.mark.slow
 
 # A run of the CLI (`main`), plus two records for the test: each rank's in-memory model's logits at the
 # end of training, and which ranks entered the final save.
@@ -59,6 +59,8 @@ sys.exit(main([command, *sys.argv[3:]]))
 
 EXAMPLE_CONFIGS = Path(__file__).parent.parent / "examples" / "accelerate"
 DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install deepspeed")
+LAUNCHERS = ["torchrun", pytest.param("accelerate", marks=pytest.mark.slow),
+             pytest.param("deepspeed_zero2", marks=[pytest.mark.slow, DEEPSPEED])]
 
 
 def launch(launcher: str, *args, cwd: Path, succeed: bool = True) -> subprocess.CompletedProcess:
@@ -114,8 +116,7 @@ def check_one_model_trained_by_two_ranks(out: Path, records: Path, model_class):
         torch.testing.assert_close(saved(input_ids=torch.arange(1, 9).unsqueeze(0)).logits, rank0, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED),
-                                      pytest.param("deepspeed_zero3", marks=DEEPSPEED)])
+@pytest.mark.parametrize("launcher", [*LAUNCHERS, pytest.param("deepspeed_zero3", marks=[pytest.mark.slow, DEEPSPEED])])
 def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
     flags = ["--data", str(run_folders["root"] / "corpus.txt"), "--tokenizer_kind", "char", "--context_length", "64",
              "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_length", "32",
@@ -127,7 +128,7 @@ def test_pretrain_on_two_processes(run_folders, tmp_path, launcher):
     assert "| processes | 2 |" in (out / "README.md").read_text()
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED)])
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, tmp_path, launcher):
     data = run_folders["root"] / "sms.tsv"
     flags = ["--model", str(base), "--data", str(data), "--text_column", "SMS", "--label_column", "Label",
@@ -150,7 +151,7 @@ def test_classify_on_two_processes_gathers_the_test_metrics(base, run_folders, t
     assert json.loads((out / "test_results.json").read_text())["test_accuracy"] == pytest.approx(accuracy)
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", pytest.param("deepspeed_zero2", marks=DEEPSPEED)])
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_instruct_on_two_processes(base, run_folders, tmp_path, launcher):
     flags = ["--model", str(base), "--data", str(run_folders["root"] / "instructions.json"), "--num_train_epochs", "1",
              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_new_tokens", "4"]
@@ -163,6 +164,7 @@ def test_instruct_on_two_processes(base, run_folders, tmp_path, launcher):
     assert results["test_loss"] < results["base_test_loss"]
 
 
+@pytest.mark.slow
 @DEEPSPEED
 def test_fine_tuning_refuses_zero3_before_training(base, run_folders, tmp_path):
     flags = ["--model", str(base), "--data", str(run_folders["root"] / "sms.tsv"), "--text_column", "SMS",
@@ -198,6 +200,7 @@ print("fsdp ok", dist.get_rank())
 """
 
 
+@pytest.mark.slow
 def test_fsdp_shards_the_model_block_by_block(run_folders, tmp_path):
     """FSDP2 on CPU (gloo), wrapping what `_no_split_modules` names, as accelerate's TRANSFORMER_BASED_WRAP
     does: the sharded model computes the loss of the whole one and back-propagates."""
