@@ -302,8 +302,8 @@ def prepare_push(training_args):
 
 
 def push_run(output_dir: Path, repo_id: str | None, training_args, what: str) -> None:
-    """For recipes: push the finished folder when `prepare_push` said so."""
-    if repo_id:
+    """For recipes: push the finished folder when `prepare_push` said so, from process 0."""
+    if repo_id and training_args.process_index == 0:
         url = push_to_hub(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
                           revision=training_args.hub_revision, commit_message=f"{what} with hf-scratch-gpt")
         print(f"Pushed {output_dir} to {url}")

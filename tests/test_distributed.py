@@ -22,10 +22,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from hf_scratch_gpt.data import build_classification_dataset, load_labelled
 
 
-# A run of the CLI (`main`), plus two records for the test: each rank's in-memory model's logits at the
-# end of training, and which ranks entered the final save.
+# A run of the CLI (`main`), plus records for the test: each rank's in-memory model's logits at the end of
+# training, which ranks entered the final save, and which found the output folder finished when theirs returned.
 RECIPE_RUN = """
 import functools
+import os
 import sys
 import torch
 from safetensors.torch import save_file
@@ -53,7 +54,10 @@ def recorded(saving_into):
 for module in (pretraining, classification, instruction):
     module.saving_into = recorded(module.saving_into)
 setattr(recipes, command, functools.partial(getattr(recipes, command), callbacks=[RecordLogits()]))
-sys.exit(main([command, *sys.argv[3:]]))
+status = main([command, *sys.argv[3:]])
+if os.path.isfile(os.path.join(sys.argv[sys.argv.index("--output_dir") + 1], "README.md")):
+    open(f"{records}/finished-when-rank{os.environ['RANK']}-returned", "w").close()
+sys.exit(status)
 """
 
 
@@ -107,6 +111,7 @@ def run_recipe(launcher, command, flags, tmp_path) -> tuple[Path, Path]:
 def check_one_model_trained_by_two_ranks(out: Path, records: Path, model_class):
     assert json.loads((out / "training_args.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in records.glob("saved-by-*")) == ["saved-by-rank0"]  # only rank 0 writes
+    assert len(list(records.glob("finished-when-*"))) == 2  # no process ends the run before the folder is written
     assert not list(out.glob(".saving-*"))
     rank0 = load_file(records / "logits-rank0.safetensors")["logits"]
     rank1 = load_file(records / "logits-rank1.safetensors")["logits"]

@@ -99,9 +99,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     check_training_args(training_args)
     check_fine_tuning_args(args)
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        metrics = _classify(args, training_args, output_dir, callbacks)
-    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
-    return metrics
+        return _classify(args, training_args, output_dir, callbacks)
 
 
 def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
@@ -136,25 +134,24 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
     trainer.train(resume_from_checkpoint=checkpoint)
     test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
     metrics = dict(test.metrics) if test else trainer.evaluate()
-    if not trainer.is_world_process_zero():
-        return metrics
-
-    confusion = None
-    if test is not None:
-        confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
-        np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
-    with saving_into(output_dir) as staging:
-        model = save_model(model, tokenizer, staging, args.mode)
-        write_training_args(staging, training_args)
-        plot_losses(trainer.state.log_history, staging / "loss.png")
-        card = write_classification_card(
-            staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
-            dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
-            training_args=training_args, metrics=metrics, confusion=confusion,
-            wall_seconds=time.perf_counter() - start,
-        )
-        if args.mode == "lora":
-            write_adapter_card(staging / "adapter", card, args.model)
-        (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        confusion = None
+        if test is not None:
+            confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
+            np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
+        with saving_into(output_dir) as staging:
+            model = save_model(model, tokenizer, staging, args.mode)
+            write_training_args(staging, training_args)
+            plot_losses(trainer.state.log_history, staging / "loss.png")
+            card = write_classification_card(
+                staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
+                dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
+                training_args=training_args, metrics=metrics, confusion=confusion,
+                wall_seconds=time.perf_counter() - start,
+            )
+            if args.mode == "lora":
+                write_adapter_card(staging / "adapter", card, args.model)
+            (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
     push_run(output_dir, repo_id, training_args, "Classifier")
     return metrics

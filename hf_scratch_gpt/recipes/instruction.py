@@ -105,9 +105,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        metrics = _instruct(args, training_args, output_dir, callbacks)
-    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
-    return metrics
+        return _instruct(args, training_args, output_dir, callbacks)
 
 
 def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
@@ -149,33 +147,32 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
                        for entry in trainer.state.log_history if "base_test_loss" in entry)
         metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
         metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
-    if not trainer.is_world_process_zero():
-        return metrics
-
-    with saving_into(output_dir) as staging:
-        model = save_model(model, tokenizer, staging, args.mode)
-        responses = []
-        if test is not None:
-            records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
-            replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
-                                         training_args.per_device_eval_batch_size)
-            responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
-            metrics.update(response_scores(replies, [r["output"] for r in records]))
-            if judge:
-                for response in responses:
-                    response["judge_score"] = judge.score(response, response["model_response"])
-                metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
-            (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-        write_training_args(staging, training_args)
-        plot_losses(trainer.state.log_history, staging / "loss.png")
-        card = write_instruction_card(
-            staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
-            mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
-            training_args=training_args, metrics=metrics, examples=responses[:3],
-            wall_seconds=time.perf_counter() - start,
-        )
-        if args.mode == "lora":
-            write_adapter_card(staging / "adapter", card, args.model)
-        (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        with saving_into(output_dir) as staging:
+            model = save_model(model, tokenizer, staging, args.mode)
+            responses = []
+            if test is not None:
+                records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
+                replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
+                                             training_args.per_device_eval_batch_size)
+                responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
+                metrics.update(response_scores(replies, [r["output"] for r in records]))
+                if judge:
+                    for response in responses:
+                        response["judge_score"] = judge.score(response, response["model_response"])
+                    metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+                (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
+            write_training_args(staging, training_args)
+            plot_losses(trainer.state.log_history, staging / "loss.png")
+            card = write_instruction_card(
+                staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
+                mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
+                training_args=training_args, metrics=metrics, examples=responses[:3],
+                wall_seconds=time.perf_counter() - start,
+            )
+            if args.mode == "lora":
+                write_adapter_card(staging / "adapter", card, args.model)
+            (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
     push_run(output_dir, repo_id, training_args, "Instruction model")
     return metrics

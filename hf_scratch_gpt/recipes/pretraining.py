@@ -149,9 +149,7 @@ def pretrain(
     training_args = training_args or PretrainingArguments()
     check_training_args(training_args)
     with output_folder(Path(training_args.output_dir)) as output_dir:
-        metrics = _pretrain(model_args, data_args, training_args, output_dir, callbacks)
-    training_args.distributed_state.wait_for_everyone()  # every process ends the run once process 0 has saved
-    return metrics
+        return _pretrain(model_args, data_args, training_args, output_dir, callbacks)
 
 
 def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks) -> dict:
@@ -202,30 +200,29 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
     metrics = trainer.evaluate() if "validation" in datasets else {}
     # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if not trainer.is_world_process_zero():
-        return metrics
-
-    tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
-    tokens_per_step *= training_args.gradient_accumulation_steps
-    with saving_into(output_dir) as staging:
-        trainer.model.save_pretrained(staging, state_dict=state_dict)
-        tokenizer.save_pretrained(staging)
-        write_training_args(staging, training_args)
-        plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
-        write_pretraining_card(
-            staging,
-            model_name=output_dir.name,
-            model=model,
-            data=data_args.data,
-            dataset_sizes={split: len(d) for split, d in datasets.items()},
-            max_length=max_length,
-            stride=data_args.stride or max_length,
-            training_args=training_args,
-            metrics=metrics,
-            tokens_seen=trainer.state.global_step * tokens_per_step,
-            wall_seconds=time.perf_counter() - start,
-        )
-        (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
+        tokens_per_step *= training_args.gradient_accumulation_steps
+        with saving_into(output_dir) as staging:
+            trainer.model.save_pretrained(staging, state_dict=state_dict)
+            tokenizer.save_pretrained(staging)
+            write_training_args(staging, training_args)
+            plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
+            write_pretraining_card(
+                staging,
+                model_name=output_dir.name,
+                model=model,
+                data=data_args.data,
+                dataset_sizes={split: len(d) for split, d in datasets.items()},
+                max_length=max_length,
+                stride=data_args.stride or max_length,
+                training_args=training_args,
+                metrics=metrics,
+                tokens_seen=trainer.state.global_step * tokens_per_step,
+                wall_seconds=time.perf_counter() - start,
+            )
+            (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
     push_run(output_dir, repo_id, training_args, "Pretrained model")
     return metrics
 
