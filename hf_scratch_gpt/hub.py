@@ -301,8 +301,10 @@ def prepare_push(training_args):
     return trainer_args, repo_id
 
 
-def push_run(output_dir: Path, repo_id: str | None, training_args, what: str) -> None:
-    """For recipes: push the finished folder when `prepare_push` said so, from process 0."""
+def finish_run(output_dir: Path, repo_id: str | None, training_args, what: str) -> None:
+    """For recipes, on every process: wait until process 0 has saved the folder (so that every process
+    returns with it written), then push it from process 0 when `prepare_push` said so."""
+    training_args.distributed_state.wait_for_everyone()
     if repo_id and training_args.process_index == 0:
         url = push_to_hub(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
                           revision=training_args.hub_revision, commit_message=f"{what} with hf-scratch-gpt")

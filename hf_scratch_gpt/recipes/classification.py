@@ -11,7 +11,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, set_
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data import build_classification_dataset, load_labelled
-from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_classification_card
+from ..hub import finish_run, plot_losses, prepare_push, write_adapter_card, write_classification_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .finetuning import (
@@ -152,6 +152,5 @@ def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
             if args.mode == "lora":
                 write_adapter_card(staging / "adapter", card, args.model)
             (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
-    push_run(output_dir, repo_id, training_args, "Classifier")
+    finish_run(output_dir, repo_id, training_args, "Classifier")
     return metrics

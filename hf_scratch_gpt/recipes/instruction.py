@@ -14,7 +14,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
-from ..hub import plot_losses, prepare_push, push_run, write_adapter_card, write_instruction_card
+from ..hub import finish_run, plot_losses, prepare_push, write_adapter_card, write_instruction_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
@@ -143,8 +143,9 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {}
     if test is not None:
-        metrics = next({k: v for k, v in entry.items() if k.startswith("base_test_")}
-                       for entry in trainer.state.log_history if "base_test_loss" in entry)
+        # the base score, logged by ScoreBeforeTraining (absent from checkpoints of runs that did not log it)
+        metrics = next(({k: v for k, v in entry.items() if k.startswith("base_test_")}
+                        for entry in trainer.state.log_history if "base_test_loss" in entry), {})
         metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
         metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
     if trainer.is_world_process_zero():
@@ -173,6 +174,5 @@ def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
             if args.mode == "lora":
                 write_adapter_card(staging / "adapter", card, args.model)
             (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
-    push_run(output_dir, repo_id, training_args, "Instruction model")
+    finish_run(output_dir, repo_id, training_args, "Instruction model")
     return metrics

@@ -14,7 +14,7 @@ from transformers.training_args import OptimizerNames
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
-from ..hub import plot_losses, prepare_push, push_run, write_pretraining_card
+from ..hub import finish_run, plot_losses, prepare_push, write_pretraining_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
@@ -222,8 +222,7 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
                 wall_seconds=time.perf_counter() - start,
             )
             (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    training_args.distributed_state.wait_for_everyone()  # the others end the run once process 0 has saved
-    push_run(output_dir, repo_id, training_args, "Pretrained model")
+    finish_run(output_dir, repo_id, training_args, "Pretrained model")
     return metrics
 
 
