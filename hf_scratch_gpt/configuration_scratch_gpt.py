@@ -38,7 +38,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     """
 
     model_type = "scratch_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # from transformers 5.24, and before
     attribute_map = {
         "hidden_size": "emb_dim",
         "num_hidden_layers": "n_layers",

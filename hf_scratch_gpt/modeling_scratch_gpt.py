@@ -8,6 +8,7 @@ This file travels with every checkpoint as remote code: it imports only torch, t
 its configuration file.
 """
 
+import inspect
 import math
 
 import torch
@@ -28,6 +29,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to
 from transformers.utils import can_return_tuple
 
 from .configuration_scratch_gpt import ScratchGPTConfig
+
+# transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs,
+# the mask builders, the output dataclasses) and announced the old name's removal. Read once, here, which name
+# this release uses; forward accepts both, and hands the cache back and on under this one.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+_MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 def _onednn_linear():
@@ -99,12 +106,12 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
         self.out_proj.writes_residual = True  # smaller initialisation, see _init_weights
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, cache=None, output_attentions=False, **kwargs):
         b, n, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, h, n, d)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (b, h, k, d)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (b, h, k, d)
 
         # Only the eager path materialises attention weights, so a request for them takes it.
         implementation = "eager" if output_attentions else self.config._attn_implementation
@@ -148,8 +155,8 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.ff = FeedForward(config)
         self.drop_shortcut = nn.Dropout(config.drop_rate)
 
-    def forward(self, x, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
-        attn_output, attn_weights = self.att(self.norm1(x), attention_mask, past_key_values, output_attentions, **kwargs)
+    def forward(self, x, attention_mask=None, cache=None, output_attentions=False, **kwargs):
+        attn_output, attn_weights = self.att(self.norm1(x), attention_mask, cache, output_attentions, **kwargs)
         x = x + self.drop_shortcut(attn_output)
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x, attn_weights
@@ -162,7 +169,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _input_embed_layer = "tok_emb"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -206,22 +213,28 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        r"""
+        cache (`Cache`, *optional*): keys and values of the tokens seen so far (`past_key_values` before
+            transformers 5.24; either name is read).
+        """
+        cache = _one_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         # A cache is for inference; in training it would only copy every key and value once more.
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         if inputs_embeds is None:
@@ -233,8 +246,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=given_position_ids,  # ours are never packed sequences: spare the check
+            **{_MASK_CACHE_NAME: cache},
         )
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))
 
@@ -243,7 +256,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         for block in self.trf_blocks:
             if output_hidden_states:
                 all_hidden_states += (x,)
-            x, attn_weights = block(x, mask, past_key_values, output_attentions, **kwargs)
+            x, attn_weights = block(x, mask, cache, output_attentions, **kwargs)
             if output_attentions:
                 all_attentions += (attn_weights,)
         x = self.final_norm(x)
@@ -252,9 +265,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
 
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_NAME: cache if use_cache else None},
         )
 
     @staticmethod
@@ -281,27 +294,40 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 f"context_length={self.config.context_length}; truncate the input to the last "
                 f"{self.config.context_length} tokens."
             )
-        if input_ids is not None and not torch.compiler.is_compiling():
-            low, high = input_ids.min().item(), input_ids.max().item()
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
-                    "was the text encoded with the tokenizer this model was trained with?"
-                )
-        if position_ids is not None and not torch.compiler.is_compiling():
-            low, high = position_ids.min().item(), position_ids.max().item()
-            if low < 0 or high >= self.config.context_length:
-                raise ValueError(
-                    f"position_ids holds position {low if low < 0 else high}, outside [0, context_length="
-                    f"{self.config.context_length})."
-                )
+        if input_ids is not None:
+            _check_range(input_ids, self.config.vocab_size, "input_ids holds token id {}, outside the vocabulary "
+                         f"[0, {self.config.vocab_size}); was the text encoded with the tokenizer this model was "
+                         "trained with?")
+        if position_ids is not None:
+            _check_range(position_ids, self.config.context_length, "position_ids holds position {}, outside "
+                         f"[0, context_length={self.config.context_length}).")
         if attention_mask is not None and attention_mask.dim() != 4:
             if tuple(attention_mask.shape) != (batch, past_length + n):
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, cached + new "
                     f"tokens) = ({batch}, {past_length + n})."
                 )
+
+
+def _one_cache(cache, past_key_values):
+    """The cache, under whichever of its two names (see CACHE_NAME) the caller passed it."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the cache once: as `cache` (transformers >= 5.24) or as `past_key_values`, not both.")
+    return cache if cache is not None else past_key_values
+
+
+def _check_range(values: torch.Tensor, limit: int, message: str) -> None:
+    """Refuse values outside [0, limit), which would otherwise fail as an index error deep inside torch. On the
+    CPU the check costs nothing; on an accelerator reading the answer back would stall every decoded token, so
+    there it is queued as a device-side assertion with the same message (the offending value left out)."""
+    if torch.compiler.is_compiling():
+        return
+    if values.is_cpu:
+        low, high = values.aminmax()
+        if low < 0 or high >= limit:
+            raise ValueError(message.format(int(low if low < 0 else high)))
+    else:
+        torch._assert_async(((values >= 0) & (values < limit)).all(), message.format("out of range"))
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -377,11 +403,12 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -393,7 +420,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -412,7 +439,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -434,10 +461,11 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
         r"""
@@ -448,7 +476,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -463,7 +491,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
