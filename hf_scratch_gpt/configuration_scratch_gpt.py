@@ -5,10 +5,21 @@ This file travels with every checkpoint as remote code: it imports only transfor
 
 import difflib
 import inspect
+import re
 
-from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
+import transformers
+
+# This file runs with whatever transformers loads a checkpoint (remote code): say so before an import fails.
+MINIMUM_TRANSFORMERS = "5.23"
+if [int(n) for n in re.findall(r"\d+", transformers.__version__)[:2]] < [int(n) for n in MINIMUM_TRANSFORMERS.split(".")]:
+    raise ImportError(
+        f"This ScratchGPT model needs transformers >= {MINIMUM_TRANSFORMERS}, and this Python has "
+        f"{transformers.__version__}: pip install --upgrade 'transformers>={MINIMUM_TRANSFORMERS}'"
+    )
+
+from huggingface_hub.dataclasses import strict  # noqa: E402 (after the version check)
+from transformers import PreTrainedConfig  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
 
 
 @strict
