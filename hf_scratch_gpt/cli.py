@@ -145,7 +145,7 @@ def convert_command(source: str, destination: str) -> None:
     """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
     from .convert import to_gpt2
     from .hub import write_conversion_card
-    from .loading import load_config, load_model, load_tokenizer
+    from .loading import has_tokenizer, load_config, load_model, load_tokenizer
     from .modeling_scratch_gpt import ScratchGPTForCausalLM
     from .recipes.runs import output_folder, saving_into
 
@@ -155,10 +155,7 @@ def convert_command(source: str, destination: str) -> None:
     from_gpt2 = load_config(source).model_type == "gpt2"
     scratch = load_model(source, ScratchGPTForCausalLM)
     converted = scratch if from_gpt2 else to_gpt2(scratch)
-    try:
-        tokenizer = load_tokenizer(source)
-    except ValueError:
-        tokenizer = None  # a bare checkpoint: convert the weights alone
+    tokenizer = load_tokenizer(source) if has_tokenizer(source) else None  # else convert the weights alone
     with output_folder(output), saving_into(output) as staging:
         converted.save_pretrained(staging)
         if tokenizer is not None:

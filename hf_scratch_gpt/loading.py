@@ -77,6 +77,16 @@ def load_tokenizer(source: str, pad_with_eos: bool = False):
     return tokenizer
 
 
+# What a saved tokenizer leaves in a folder: the fast tokenizer, its settings, or GPT-2's vocabulary files.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def has_tokenizer(source: str) -> bool:
+    """Whether `source` comes with a tokenizer: a local folder without any tokenizer file is a bare checkpoint
+    (a Hub repo is assumed to have one; loading it then says if not)."""
+    return not _is_local(source) or any((Path(source) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_model(source: str, model_class, tokenizer=None, **config_updates):
     """`model_class` holding the weights of `source` (a model of ours, or GPT-2's converted) and, when
     its head is new, initialised as `from_pretrained` initialises missing weights. With `tokenizer`,

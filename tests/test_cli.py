@@ -47,6 +47,7 @@ def test_convert_gpt2_to_scratch_and_back(tmp_path, capsys):
     gpt2.save_pretrained(tmp_path / "gpt2")
     assert main(["convert", str(tmp_path / "gpt2"), str(tmp_path / "scratch")]) == 0
     assert json.loads((tmp_path / "scratch" / "config.json").read_text())["model_type"] == "scratch_gpt"
+    assert not (tmp_path / "scratch" / "tokenizer.json").exists()  # a bare checkpoint: the weights alone
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "scratch")
     ids = torch.randint(0, VOCAB, (2, 8))
     with torch.no_grad():

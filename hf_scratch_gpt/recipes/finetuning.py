@@ -44,7 +44,7 @@ def check_fine_tuning_args(args: FineTuningArguments) -> None:
 def context_max_length(max_length: int | None, config) -> int:
     """`max_length`, defaulting to and bounded by the context length of `config` (ours or GPT-2's)."""
     context = config.max_position_embeddings
-    max_length = max_length or context
+    max_length = context if max_length is None else max_length  # 0 is refused, not the default
     if max_length <= 0 or max_length > context:
         raise ValueError(f"max_length={max_length} is invalid: it must be between 1 and the model's context "
                          f"length {context}.")

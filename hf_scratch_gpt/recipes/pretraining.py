@@ -174,7 +174,7 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
     else:
         model = ScratchGPTForCausalLM(_new_config(model_args, tokenizer))
     config = model.config
-    max_length = data_args.max_length or config.context_length
+    max_length = config.context_length if data_args.max_length is None else data_args.max_length  # 0 is refused
     if max_length > config.context_length:
         raise ValueError(
             f"max_length={max_length} is longer than the model's context_length={config.context_length}."
