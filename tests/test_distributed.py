@@ -183,6 +183,56 @@ def test_fine_tuning_refuses_zero3_before_training(base, run_folders, tmp_path):
     assert not (tmp_path / "out").exists() and not list(records.iterdir())
 
 
+ZERO3_EVERY_WEIGHT_PARTITIONED = {  # as at real size, where no weight is small enough to stay whole on each process
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                          "stage3_gather_16bit_weights_on_model_save": True},
+    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+}
+
+
+@pytest.mark.slow
+@DEEPSPEED
+@pytest.mark.parametrize("tied", ["true", "false"])
+def test_pretrain_under_zero3_with_every_weight_partitioned_matches_one_process(tmp_path, tied):
+    """Each step's batch is the whole training set (18 windows: 9 per process), so two ZeRO-3 processes and one
+    plain process take the same steps: the same losses, step by step. The loss reads the output head's weight
+    (tied to the token embedding, or not), which ZeRO-3 holds whole only inside the head's own forward."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(12)))
+    (tmp_path / "ds.json").write_text(json.dumps(ZERO3_EVERY_WEIGHT_PARTITIONED))
+    flags = ["--data", str(corpus), "--tokenizer_kind", "char", "--context_length", "32", "--emb_dim", "32",
+             "--n_heads", "2", "--n_layers", "2", "--drop_rate", "0", "--max_length", "32", "--max_steps", "4",
+             "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-2",
+             "--tie_word_embeddings", tied, *QUIET]
+    launch("torchrun", "-m", "hf_scratch_gpt.cli", "pretrain", *flags, "--per_device_train_batch_size", "9",
+           "--deepspeed", str(tmp_path / "ds.json"), "--output_dir", str(tmp_path / "zero3"), cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "hf_scratch_gpt.cli", "pretrain", *flags, "--per_device_train_batch_size",
+                    "18", "--output_dir", str(tmp_path / "one")], cwd=tmp_path, check=True, capture_output=True)
+
+    def losses(out):
+        history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        return [entry.get("loss", entry.get("eval_loss")) for entry in history if "loss" in entry or "eval_loss" in entry]
+
+    zero3, one = losses(tmp_path / "zero3"), losses(tmp_path / "one")
+    assert len(zero3) == len(one) == 6  # 4 training steps, 2 evaluations
+    assert zero3 == pytest.approx(one, rel=1e-4)
+    torch.testing.assert_close(load_file(tmp_path / "zero3" / "model.safetensors"),
+                               load_file(tmp_path / "one" / "model.safetensors"), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+@DEEPSPEED
+def test_pretrain_under_zero3_refuses_a_config_that_would_not_save_the_model(run_folders, tmp_path):
+    config = {**ZERO3_EVERY_WEIGHT_PARTITIONED, "zero_optimization": {"stage": 3}}
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    result = launch("torchrun", "-m", "hf_scratch_gpt.cli", "pretrain", "--data", str(run_folders["root"] / "corpus.txt"),
+                    "--tokenizer_kind", "char", "--context_length", "32", "--emb_dim", "32", "--n_heads", "2",
+                    "--n_layers", "1", "--max_steps", "2", "--deepspeed", str(tmp_path / "ds.json"), "--output_dir",
+                    str(tmp_path / "out"), *QUIET, cwd=tmp_path, succeed=False)
+    assert "error: DeepSpeed ZeRO-3 gives the trained model whole only with" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 FSDP_RUN = """
 import torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard

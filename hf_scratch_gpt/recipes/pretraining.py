@@ -196,6 +196,7 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
         data_collator=default_data_collator,
         callbacks=[SampleCallback(data_args.sample_prompt), *(callbacks or [])],
     )
+    _check_the_model_can_be_gathered(trainer)
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if "validation" in datasets else {}
     # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
@@ -224,6 +225,18 @@ def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks)
             (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     finish_run(output_dir, repo_id, training_args, "Pretrained model")
     return metrics
+
+
+def _check_the_model_can_be_gathered(trainer) -> None:
+    """DeepSpeed ZeRO-3 keeps a shard of every weight on each process and gathers the whole model for saving
+    only when its config says so: refuse before training, not when the model is to be saved."""
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return
+    if not plugin.hf_ds_config.config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save"):
+        raise ValueError("DeepSpeed ZeRO-3 gives the trained model whole only with "
+                         "`stage3_gather_16bit_weights_on_model_save: true` in its zero_optimization config "
+                         "(`zero3_save_16bit_model: true` in accelerate's): set it, or the run would end unsaved.")
 
 
 def _new_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
