@@ -318,15 +318,16 @@ def _one_cache(cache, past_key_values):
 
 def _check_range(values: torch.Tensor, limit: int, message: str) -> None:
     """Refuse values outside [0, limit), which would otherwise fail as an index error deep inside torch. On the
-    CPU the check costs nothing; on an accelerator reading the answer back would stall every decoded token, so
-    there it is queued as a device-side assertion with the same message (the offending value left out)."""
+    CPU the check costs nothing. On an accelerator, reading the answer back would stall every decoded token:
+    on CUDA the check is queued as a device-side assertion with the same message (the value left out); other
+    devices are left to their own index checks."""
     if torch.compiler.is_compiling():
         return
     if values.is_cpu:
         low, high = values.aminmax()
         if low < 0 or high >= limit:
             raise ValueError(message.format(int(low if low < 0 else high)))
-    else:
+    elif values.device.type == "cuda":
         torch._assert_async(((values >= 0) & (values < limit)).all(), message.format("out of range"))
 
 
@@ -420,7 +421,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
+            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -476,7 +478,8 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
+            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
