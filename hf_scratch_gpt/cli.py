@@ -1,11 +1,15 @@
 """The `hf-scratch-gpt` command: a thin shell over the Python API.
 
-Each subcommand declares its flags as a dataclass read by `HfArgumentParser`. Errors print one
-line and exit non-zero (`--debug` shows the traceback).
+Each command declares its flags as dataclasses read by `HfArgumentParser` (each checks its own values as it is
+built); the training commands are the recipes of `hf_scratch_gpt.recipes`, one entry each in `COMMANDS`, and
+also read their flags from a YAML or JSON file. Errors print one line and exit non-zero (`--debug` shows the
+traceback).
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -13,11 +17,19 @@ from transformers import HfArgumentParser
 
 @dataclass
 class SamplingArguments:
+    _argument_group_name = "generation"
+
     max_new_tokens: int = field(default=50, metadata={"help": "How many tokens to add at most (capped by the room left in the context)."})
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; above 0 samples."})
     top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens only."})
     top_p: float | None = field(default=None, metadata={"help": "Sample from the smallest set with this mass."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens={self.max_new_tokens} is invalid: it must be positive.")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature={self.temperature} is invalid: it must be >= 0.")
 
 
 @dataclass
@@ -32,7 +44,7 @@ class ChatArguments(SamplingArguments):
 
 
 def _load_for_generation(args: SamplingArguments, model_dir: str):
-    """Check the sampling flags, then load a saved causal LM (ours, or GPT-2's converted) and its tokenizer."""
+    """Load a saved causal LM (ours, or GPT-2's converted) and its tokenizer."""
     from transformers import set_seed
     from transformers.utils import logging
 
@@ -40,14 +52,10 @@ def _load_for_generation(args: SamplingArguments, model_dir: str):
     from .modeling_scratch_gpt import ScratchGPTForCausalLM
 
     logging.disable_progress_bar()  # the reply is the output: no loading bars around it
-    if args.max_new_tokens <= 0:
-        raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     set_seed(args.seed)
-    load_config(model_dir)  # a model of ours or GPT-2's, before its tokenizer is looked at
-    tokenizer = load_tokenizer(model_dir)
-    return tokenizer, load_model(model_dir, ScratchGPTForCausalLM, tokenizer).eval()
+    config = load_config(model_dir)  # a model of ours or GPT-2's, before its tokenizer is looked at
+    tokenizer = load_tokenizer(model_dir, config=config)
+    return tokenizer, load_model(model_dir, ScratchGPTForCausalLM, tokenizer, config=config).eval()
 
 
 def _generate(model, tokenizer, args: SamplingArguments, inputs, streamer=None):
@@ -109,38 +117,6 @@ def chat_command(args: ChatArguments, model_dir: str) -> None:
         _generate(model, tokenizer, args, inputs, TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
 
 
-def pretrain_command(model_args, data_args, training_args) -> None:
-    """Pretrain a model on a corpus (see `recipes.pretrain`)."""
-    from .recipes import pretrain
-
-    metrics = pretrain(model_args, data_args, training_args)
-    _report_saved("the model", training_args, metrics, ("eval_loss", "eval_perplexity"))
-
-
-def classify_command(args, training_args) -> None:
-    """Fine-tune a classifier on labelled texts (see `recipes.classify`)."""
-    from .recipes import classify
-
-    metrics = classify(args, training_args)
-    _report_saved("the classifier", training_args, metrics, ("test_accuracy", "eval_accuracy"))
-
-
-def instruct_command(args, training_args) -> None:
-    """Fine-tune a model to follow instructions (see `recipes.instruct`)."""
-    from .recipes import instruct
-
-    metrics = instruct(args, training_args)
-    _report_saved("the instruction model", training_args, metrics, ("base_test_loss", "test_loss", "word_f1"))
-
-
-def _report_saved(what: str, training_args, metrics: dict, keys: tuple[str, ...]) -> None:
-    """The line a training command ends with; printed by process 0 alone, the one that saved."""
-    if training_args.process_index != 0:
-        return
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in keys)
-    print(f"Saved {what} to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
-
-
 def convert_command(source: str, destination: str) -> None:
     """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
     from .convert import to_gpt2
@@ -187,79 +163,107 @@ def _require_model_dir(path: str) -> None:
         raise ValueError(f"Model folder {path!r} does not exist; give a folder written by save_pretrained.")
 
 
-def _pretrain_flags():
-    from .recipes import DataArguments, ModelArguments, PretrainingArguments
+@dataclass(frozen=True)
+class Recipe:
+    """A training command: a recipe of `hf_scratch_gpt.recipes` with its argument dataclasses there, what the
+    line it ends with says was saved, and which of its metrics that line shows."""
 
-    return [ModelArguments, DataArguments, PretrainingArguments]
+    help: str
+    function: str
+    flags: tuple[str, ...]
+    saved: str
+    shown: tuple[str, ...]
+
+    def flag_classes(self) -> list:
+        from . import recipes
+
+        return [getattr(recipes, name) for name in self.flags]
+
+    def run(self, *arguments) -> None:
+        from . import recipes
+
+        metrics = getattr(recipes, self.function)(*arguments)
+        training_args = arguments[-1]
+        if training_args.process_index == 0:  # the process that saved
+            summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in self.shown)
+            print(f"Saved {self.saved} to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
 
 
-def _classify_flags():
-    from .recipes import ClassificationArguments, ClassificationTrainingArguments
+@dataclass(frozen=True)
+class Tool:
+    """Any other command: a function of its flag dataclasses, then its positional arguments."""
 
-    return [ClassificationArguments, ClassificationTrainingArguments]
+    help: str
+    function: Callable
+    flags: tuple = ()
+    positionals: tuple[tuple[str, str], ...] = ()  # (name, help)
+
+    def flag_classes(self) -> list:
+        return list(self.flags)
+
+    def run(self, *arguments) -> None:
+        self.function(*arguments)
 
 
-def _instruct_flags():
-    from .recipes import InstructionArguments, InstructionTrainingArguments
-
-    return [InstructionArguments, InstructionTrainingArguments]
-
-
-# name: (positional arguments, flag dataclasses, function(*flags, *positionals), help)
 COMMANDS = {
-    "pretrain": ([], _pretrain_flags, pretrain_command, "Pretrain a model on a corpus with Trainer."),
-    "classify": ([], _classify_flags, classify_command, "Fine-tune a classifier (LoRA by default) with Trainer."),
-    "instruct": ([], _instruct_flags, instruct_command, "Fine-tune a model to follow instructions (LoRA by default)."),
-    "generate": (
-        [("model_dir", {"help": "Saved model folder."})],
-        lambda: [GenerateArguments],
-        generate_command,
-        "Continue a prompt with a saved model.",
-    ),
-    "chat": (
-        [("model_dir", {"help": "Instruction model folder."})],
-        lambda: [ChatArguments],
-        chat_command,
-        "Chat with an instruction model: one instruction per line on standard input, replies streamed.",
-    ),
-    "convert": (
-        [("source", {"help": "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."}), ("destination", {"help": "Output folder."})],
-        lambda: [],
-        convert_command,
-        "Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).",
-    ),
-    "push": (
-        [("folder", {"help": "Folder to upload (a model or adapter folder)."}),
-         ("repo_id", {"help": "Hub repo: owner/name, or a name under your user."})],
-        lambda: [PushArguments],
-        push_command,
-        "Upload a saved folder to the Hugging Face Hub in one commit (checkpoints stay behind).",
-    ),
+    "pretrain": Recipe("Pretrain a model on a corpus with Trainer.", "pretrain",
+                       ("ModelArguments", "DataArguments", "PretrainingArguments"), "the model",
+                       ("eval_loss", "eval_perplexity")),
+    "classify": Recipe("Fine-tune a classifier (LoRA by default) with Trainer.", "classify",
+                       ("ClassificationArguments", "ClassificationTrainingArguments"), "the classifier",
+                       ("test_accuracy", "eval_accuracy")),
+    "instruct": Recipe("Fine-tune a model to follow instructions (LoRA by default).", "instruct",
+                       ("InstructionArguments", "InstructionTrainingArguments"), "the instruction model",
+                       ("base_test_loss", "test_loss", "word_f1")),
+    "generate": Tool("Continue a prompt with a saved model.", generate_command, (GenerateArguments,),
+                     (("model_dir", "Saved model folder."),)),
+    "chat": Tool("Chat with an instruction model: one instruction per line on standard input, replies streamed.",
+                 chat_command, (ChatArguments,), (("model_dir", "Instruction model folder."),)),
+    "convert": Tool("Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).", convert_command, (),
+                    (("source", "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."), ("destination", "Output folder."))),
+    "push": Tool("Upload a saved folder to the Hugging Face Hub in one commit (checkpoints stay behind).",
+                 push_command, (PushArguments,), (("folder", "Folder to upload (a model or adapter folder)."),
+                                                  ("repo_id", "Hub repo: owner/name, or a name under your user."))),
 }
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: hf-scratch-gpt COMMAND [flags] [--debug]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
+    lines += ["", "`hf-scratch-gpt COMMAND --help` lists a command's flags. The training commands (pretrain, classify,",
+              "instruct) also read them from a YAML or JSON file: `hf-scratch-gpt pretrain run.yaml` or",
+              "`--config run.yaml`; flags on the command line win. Every run writes its own as run.yaml."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"hf-scratch-gpt {version('hf-scratch-gpt')}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        names = ", ".join(COMMANDS)
-        print(f"usage: hf-scratch-gpt {{{names}}} ... [--debug]  (hf-scratch-gpt COMMAND --help for its flags)")
+        print(usage())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
-    positionals, flags, function, help_text = COMMANDS[name]
-    flag_classes = flags()
-    parser = HfArgumentParser(flag_classes, prog=f"hf-scratch-gpt {name}", description=help_text)
-    parser.error = _usage_error  # one line, like every other error
-    for arg_name, options in positionals:
-        parser.add_argument(arg_name, **options)
-    try:  # parsing too: TrainingArguments checks its values as it is built
+    command = COMMANDS[name]
+    try:  # parsing too: every argument dataclass checks its values as it is built
+        flag_classes = command.flag_classes()
+        parser = HfArgumentParser(flag_classes, prog=f"hf-scratch-gpt {name}", description=command.help)
+        parser.error = _usage_error  # one line, like every other error
+        for arg_name, help_text in getattr(command, "positionals", ()):
+            parser.add_argument(arg_name, help=help_text)
+        if isinstance(command, Recipe):
+            rest = _flags_with_config_file(rest)
         try:
             outputs = parser.parse_args_into_dataclasses(rest)
         except ValueError as error:
             raise _UsageError(str(error)) from error
         parsed, extra = outputs[: len(flag_classes)], outputs[len(flag_classes) :]
-        function(*parsed, *(getattr(extra[0], arg_name) for arg_name, _ in positionals))
+        command.run(*parsed, *(getattr(extra[0], arg_name) for arg_name, _ in getattr(command, "positionals", ())))
     except Exception as error:  # the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise
@@ -270,6 +274,47 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _leave_process_group()
     return 0
+
+
+def _flags_with_config_file(rest: list[str]) -> list[str]:
+    """The flags of a YAML / JSON file (`COMMAND run.yaml` or `--config run.yaml`) put before those of the
+    command line, so that these win."""
+    if rest and not rest[0].startswith("-") and rest[0].endswith(CONFIG_FILE_SUFFIXES):
+        path, rest = rest[0], rest[1:]
+    elif "--config" in rest:
+        at = rest.index("--config")
+        if at + 1 == len(rest):
+            raise _UsageError("--config needs a YAML or JSON file of flags (see --help)")
+        path, rest = rest[at + 1], rest[:at] + rest[at + 2 :]
+    else:
+        return rest
+    return _flags_from_file(Path(path)) + rest
+
+
+def _flags_from_file(path: Path) -> list[str]:
+    """A file's mapping of flag names to values, as command-line flags (lists as several values, `null` left out:
+    the flag keeps its default)."""
+    import json
+
+    import yaml
+
+    if not path.is_file():
+        raise _UsageError(f"Config file {path} does not exist; give a YAML or JSON file of flags.")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise _UsageError(f"Config file {path} is not valid YAML or JSON: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise _UsageError(f"Config file {path} holds a {type(values).__name__}, not a mapping of flag names to "
+                          "values (for example `max_steps: 100`).")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v).lower() if isinstance(v, bool)
+                                else str(v) for v in items)]
+    return flags
 
 
 def _leave_process_group() -> None:

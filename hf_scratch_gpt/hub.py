@@ -1,7 +1,6 @@
 """What a run leaves for people and the Hub: the loss plot, the model card (rendered with huggingface_hub's
 `ModelCard` from the `model_cards/` templates) and the push of a finished folder."""
 
-import copy
 import shutil
 from importlib.resources import files
 from pathlib import Path
@@ -286,26 +285,3 @@ def _with_repo_id(path: Path, repo_id: str):
     if path.name != "README.md":
         return str(path)
     return path.read_text(encoding="utf-8").replace(REPO_PLACEHOLDER, repo_id).encode("utf-8")
-
-
-def prepare_push(training_args):
-    """For recipes: check a requested push before training, and give Trainer a copy of the arguments with
-    its own pushing off (it would push each checkpoint, then overwrite our card with its own). Returns the
-    arguments for Trainer and the repo id to push the finished folder to (None when not pushing)."""
-    if not training_args.push_to_hub:
-        return training_args, None
-    _, repo_id = hub_login(training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
-                           training_args.hub_token)
-    trainer_args = copy.copy(training_args)
-    trainer_args.push_to_hub = False
-    return trainer_args, repo_id
-
-
-def finish_run(output_dir: Path, repo_id: str | None, training_args, what: str) -> None:
-    """For recipes, on every process: wait until process 0 has saved the folder (so that every process
-    returns with it written), then push it from process 0 when `prepare_push` said so."""
-    training_args.distributed_state.wait_for_everyone()
-    if repo_id and training_args.process_index == 0:
-        url = push_to_hub(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
-                          revision=training_args.hub_revision, commit_message=f"{what} with hf-scratch-gpt")
-        print(f"Pushed {output_dir} to {url}")

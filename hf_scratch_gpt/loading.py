@@ -57,14 +57,15 @@ def _require_supported(source, model_type) -> None:
         raise ValueError(f"{source} holds a {model_type!r} model; give a model this package saved, or a GPT-2 one.")
 
 
-def load_tokenizer(source: str, pad_with_eos: bool = False):
+def load_tokenizer(source: str, pad_with_eos: bool = False, config=None):
     """The tokenizer saved with `source`; with `pad_with_eos`, padding with end-of-text when it has no pad
-    token (as the book does)."""
+    token (as the book does). `config`: the model's, when `load_config` has already checked it."""
     if _is_local(source):
         folder = Path(source)
         if not folder.is_dir():
             raise ValueError(f"{source} is not a folder; give the folder a model and its tokenizer were saved to.")
-        if (folder / "config.json").exists() and _config_fields(folder).get("model_type") in MODEL_TYPES:
+        checked = config is not None or not (folder / "config.json").exists()
+        if not checked and _config_fields(folder).get("model_type") in MODEL_TYPES:
             load_config(source)  # the tokenizer reads the model's config: check it first
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
@@ -87,11 +88,11 @@ def has_tokenizer(source: str) -> bool:
     return not _is_local(source) or any((Path(source) / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_model(source: str, model_class, tokenizer=None, **config_updates):
+def load_model(source: str, model_class, tokenizer=None, config=None, **config_updates):
     """`model_class` holding the weights of `source` (a model of ours, or GPT-2's converted) and, when
     its head is new, initialised as `from_pretrained` initialises missing weights. With `tokenizer`,
-    checks that the model knows every token id it produces."""
-    config = load_config(source)
+    checks that the model knows every token id it produces. `config`: as `load_config` returned it, if it ran."""
+    config = config or load_config(source)
     try:
         if config.model_type == "gpt2":
             converted = from_gpt2(source)

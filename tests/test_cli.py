@@ -81,7 +81,7 @@ def test_errors_are_one_line_and_leave_nothing_behind(tmp_path):
     assert "does not exist" in missing.stderr
 
     bad_flag = cli("generate", str(tmp_path / "bert"), "--max-new-tokens", "0")
-    assert bad_flag.returncode == 1 and "--max-new-tokens must be positive, got 0" in bad_flag.stderr
+    assert bad_flag.returncode == 2 and "--max_new_tokens=0 is invalid: it must be positive" in bad_flag.stderr
 
     debug = cli("generate", str(tmp_path / "nowhere"), "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 from hf_scratch_gpt import recipes
 from hf_scratch_gpt.cli import main
-from hf_scratch_gpt.recipes import classification, instruction, pretraining
+from hf_scratch_gpt.recipes import runs
 
 command, records = sys.argv[1], sys.argv[2]
 
@@ -51,8 +51,7 @@ def recorded(saving_into):
         return saving_into(output_dir)
     return wrapper
 
-for module in (pretraining, classification, instruction):
-    module.saving_into = recorded(module.saving_into)
+runs.saving_into = recorded(runs.saving_into)
 setattr(recipes, command, functools.partial(getattr(recipes, command), callbacks=[RecordLogits()]))
 status = main([command, *sys.argv[3:]])
 if os.path.isfile(os.path.join(sys.argv[sys.argv.index("--output_dir") + 1], "README.md")):

@@ -75,7 +75,7 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
 KILLED_RUN = """
 import os, signal, sys
 from transformers import HfArgumentParser, TrainerCallback
-from hf_scratch_gpt.cli import _pretrain_flags
+from hf_scratch_gpt.cli import COMMANDS
 from hf_scratch_gpt.recipes import pretrain
 
 class KillAt(TrainerCallback):
@@ -83,7 +83,7 @@ class KillAt(TrainerCallback):
         if state.global_step == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
 
-pretrain(*HfArgumentParser(_pretrain_flags()).parse_args_into_dataclasses(sys.argv[2:]), callbacks=[KillAt()])
+pretrain(*HfArgumentParser(COMMANDS["pretrain"].flag_classes()).parse_args_into_dataclasses(sys.argv[2:]), callbacks=[KillAt()])
 """
 
 

@@ -1,35 +1,17 @@
 """Classification fine-tuning (chapter 6, with LoRA from appendix E): labelled texts, a pretrained
 base, PEFT or the book's partial unfreezing, and `transformers.Trainer`."""
 
-import json
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, set_seed
-from transformers.trainer_utils import IntervalStrategy
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ..data import build_classification_dataset, load_labelled
-from ..hub import finish_run, plot_losses, prepare_push, write_adapter_card, write_classification_card
+from ..hub import write_adapter_card, write_classification_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
-from .finetuning import (
-    FineTuningArguments,
-    check_fine_tuning_args,
-    context_max_length,
-    make_trainable,
-    require_whole_weights,
-    save_model,
-)
-from .runs import (
-    RecipeTrainingArguments,
-    check_training_args,
-    output_folder,
-    resume_checkpoint,
-    saving_into,
-    write_training_args,
-)
+from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights, save_model
+from .runs import RecipeTrainingArguments, recipe_run
 
 
 @dataclass
@@ -46,21 +28,12 @@ class ClassificationArguments(FineTuningArguments):
 
 @dataclass
 class ClassificationTrainingArguments(RecipeTrainingArguments):
-    """`TrainingArguments` with the book's fine-tuning defaults: 5 epochs, AdamW 5e-5, weight decay 0.1,
-    evaluation every epoch, the most accurate epoch kept."""
+    """The book's classification fine-tuning: 5 epochs, the most accurate epoch kept."""
 
     output_dir: str | None = field(default="scratch-gpt-classifier", metadata={"help": "Where the model goes."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
     num_train_epochs: float = field(default=5, metadata={"help": "Epochs over the training split."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the best and the last checkpoint."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "End with the best checkpoint."})
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "What 'best' means."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
 
 
 def classification_metrics(label_names: list[str]):
@@ -96,61 +69,48 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or ClassificationTrainingArguments()
-    check_training_args(training_args)
-    check_fine_tuning_args(args)
-    with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _classify(args, training_args, output_dir, callbacks)
-
-
-def _classify(args, training_args, output_dir: Path, callbacks) -> dict:
-    start = time.perf_counter()
-    set_seed(training_args.seed)
-    trainer_args, repo_id = prepare_push(training_args)
-    checkpoint = resume_checkpoint(training_args)
-
-    max_length = context_max_length(args.max_length, load_config(args.model))
-    tokenizer = load_tokenizer(args.model, pad_with_eos=True)
-    with training_args.main_process_first(desc="tokenizing"):  # other ranks read datasets' cache
-        datasets = build_classification_dataset(
-            load_labelled(args.data, args.text_column, args.label_column), tokenizer, max_length,
-            tuple(args.split_fractions), args.split_seed, args.balance,
+    with recipe_run(training_args, args, what="Classifier") as run:
+        config = load_config(args.model)
+        max_length = context_max_length(args.max_length, config)
+        tokenizer = load_tokenizer(args.model, pad_with_eos=True, config=config)
+        with training_args.main_process_first(desc="tokenizing"):  # other ranks read datasets' cache
+            datasets = build_classification_dataset(
+                load_labelled(args.data, args.text_column, args.label_column), tokenizer, max_length,
+                tuple(args.split_fractions), args.split_seed, args.balance,
+            )
+        label_names = datasets["train"].features["labels"].names
+        model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, config=config,
+                           num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                           label2id={name: i for i, name in enumerate(label_names)}, pad_token_id=tokenizer.pad_token_id)
+        model = make_trainable(model, args, "SEQ_CLS", head="score")
+        trainer = Trainer(
+            model=model,
+            args=run.trainer_args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("validation"),
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=classification_metrics(label_names),
+            callbacks=callbacks,
         )
-    label_names = datasets["train"].features["labels"].names
-    model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, num_labels=len(label_names),
-                       id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
-                       pad_token_id=tokenizer.pad_token_id)
-    model = make_trainable(model, args, "SEQ_CLS", head="score")
-    trainer = Trainer(
-        model=model,
-        args=trainer_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_metrics(label_names),
-        callbacks=callbacks,
-    )
-    require_whole_weights(trainer)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
-    metrics = dict(test.metrics) if test else trainer.evaluate()
-    if trainer.is_world_process_zero():
-        confusion = None
-        if test is not None:
-            confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
-            np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
-        with saving_into(output_dir) as staging:
-            model = save_model(model, tokenizer, staging, args.mode)
-            write_training_args(staging, training_args)
-            plot_losses(trainer.state.log_history, staging / "loss.png")
+        require_whole_weights(trainer)
+        trainer.train(resume_from_checkpoint=run.checkpoint)
+        test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
+        metrics = dict(test.metrics) if test else trainer.evaluate()
+
+        def write_files(staging):
+            confusion = None
+            if test is not None:
+                confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
+                np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
+            saved = save_model(model, tokenizer, staging, args.mode)
             card = write_classification_card(
-                staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
-                dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
-                training_args=training_args, metrics=metrics, confusion=confusion,
-                wall_seconds=time.perf_counter() - start,
+                staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
+                mode=args.mode, dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
+                training_args=training_args, metrics=metrics, confusion=confusion, wall_seconds=run.seconds,
             )
             if args.mode == "lora":
                 write_adapter_card(staging / "adapter", card, args.model)
-            (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    finish_run(output_dir, repo_id, training_args, "Classifier")
+
+        run.save(trainer, write_files, metrics, "test_results.json")
     return metrics

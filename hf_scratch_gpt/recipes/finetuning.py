@@ -14,6 +14,8 @@ LORA_TARGETS = ["qkv", "out_proj", "fc_in", "fc_out"]  # every linear layer of e
 class FineTuningArguments:
     """The base model, the data and what is trained."""
 
+    _argument_group_name = "model and data"
+
     model: str = field(metadata={"help": "A model this package saved, or a GPT-2 folder or Hub id."})
     data: str = field(metadata={"help": "A data file, folder or glob, or a Hub dataset."})
     max_length: int | None = field(default=None, metadata={"help": "Cut examples to this many tokens "
@@ -28,17 +30,16 @@ class FineTuningArguments:
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS),
                                            metadata={"help": "Linear layers that get adapters."})
 
-
-def check_fine_tuning_args(args: FineTuningArguments) -> None:
-    """Refuse bad LoRA settings before any data or model is loaded."""
-    if args.mode != "lora":
-        return
-    if args.lora_r <= 0:
-        raise ValueError(f"--lora_r={args.lora_r} is invalid: the LoRA rank must be a positive integer.")
-    if args.lora_alpha <= 0:
-        raise ValueError(f"--lora_alpha={args.lora_alpha} is invalid: the LoRA scale alpha / r must be positive.")
-    if not 0 <= args.lora_dropout < 1:
-        raise ValueError(f"--lora_dropout={args.lora_dropout} is invalid: it must be in [0, 1).")
+    def __post_init__(self):
+        """Refuse bad LoRA settings before any data or model is loaded."""
+        if self.mode != "lora":
+            return
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r={self.lora_r} is invalid: the LoRA rank must be a positive integer.")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha={self.lora_alpha} is invalid: the LoRA scale alpha / r must be positive.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout={self.lora_dropout} is invalid: it must be in [0, 1).")
 
 
 def context_max_length(max_length: int | None, config) -> int:
@@ -46,7 +47,7 @@ def context_max_length(max_length: int | None, config) -> int:
     context = config.max_position_embeddings
     max_length = context if max_length is None else max_length  # 0 is refused, not the default
     if max_length <= 0 or max_length > context:
-        raise ValueError(f"max_length={max_length} is invalid: it must be between 1 and the model's context "
+        raise ValueError(f"--max_length={max_length} is invalid: it must be between 1 and the model's context "
                          f"length {context}.")
     return max_length
 

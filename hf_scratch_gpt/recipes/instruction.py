@@ -5,36 +5,19 @@ responses to the test split, scored."""
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import IntervalStrategy
+from transformers import TrainerCallback
 
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, generate_responses, response_scores
-from ..hub import finish_run, plot_losses, prepare_push, write_adapter_card, write_instruction_card
+from ..hub import write_adapter_card, write_instruction_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
-from .finetuning import (
-    FineTuningArguments,
-    check_fine_tuning_args,
-    context_max_length,
-    make_trainable,
-    require_whole_weights,
-    save_model,
-)
+from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights, save_model
 from .pretraining import LanguageModelTrainer
-from .runs import (
-    RecipeTrainingArguments,
-    check_training_args,
-    output_folder,
-    resume_checkpoint,
-    saving_into,
-    write_training_args,
-)
+from .runs import RecipeTrainingArguments, recipe_run
 
 
 @dataclass
@@ -55,24 +38,19 @@ class InstructionArguments(FineTuningArguments):
                                                                   "http://localhost:11434/v1 (default: no judge)."})
     judge_model: str = field(default="llama3", metadata={"help": "The judge's model name."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens={self.max_new_tokens} is invalid: it must be a positive integer.")
+
 
 @dataclass
 class InstructionTrainingArguments(RecipeTrainingArguments):
-    """`TrainingArguments` with the book's instruction fine-tuning defaults: 2 epochs, batch 8, AdamW
-    5e-5 with weight decay 0.1; validation loss every epoch."""
+    """The book's instruction fine-tuning: 2 epochs, validation loss every epoch, the last two checkpoints."""
 
     output_dir: str | None = field(default="scratch-gpt-instruct", metadata={"help": "Where the model goes."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
     num_train_epochs: float = field(default=2, metadata={"help": "Epochs over the training split."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the last two checkpoints."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `prompt_length` for the collator."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
 
 
 class ScoreBeforeTraining(TrainerCallback):
@@ -100,79 +78,68 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or InstructionTrainingArguments()
-    check_training_args(training_args)
-    check_fine_tuning_args(args)
-    if args.max_new_tokens <= 0:
-        raise ValueError(f"--max_new_tokens={args.max_new_tokens} is invalid: it must be a positive integer.")
-    with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _instruct(args, training_args, output_dir, callbacks)
+    with recipe_run(training_args, args, what="Instruction model") as run:
+        judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
+        if judge:
+            judge.check()
+        config = load_config(args.model)
+        max_length = context_max_length(args.max_length, config)
+        tokenizer = load_tokenizer(args.model, pad_with_eos=True, config=config)
+        tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+        model = load_model(args.model, ScratchGPTForCausalLM, tokenizer, config=config)
+        tokenizer.model_max_length = model.config.context_length
+        with training_args.main_process_first(desc="formatting and tokenizing"):  # other ranks read datasets' cache
+            datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
+                                                 args.split_seed)
+        model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
+        test = datasets.get("test")
+        trainer = LanguageModelTrainer(
+            model=model,
+            args=run.trainer_args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("validation"),
+            processing_class=tokenizer,
+            data_collator=InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt),
+            callbacks=callbacks,
+        )
+        require_whole_weights(trainer)
+        if test is not None:
+            trainer.add_callback(ScoreBeforeTraining(trainer, test, "base_test"))
+        trainer.train(resume_from_checkpoint=run.checkpoint)
+        metrics = {}
+        if test is not None:
+            # the base score, logged by ScoreBeforeTraining (absent from checkpoints of runs that did not log it)
+            metrics = next(({k: v for k, v in entry.items() if k.startswith("base_test_")}
+                            for entry in trainer.state.log_history if "base_test_loss" in entry), {})
+            metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
+            metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
 
-
-def _instruct(args, training_args, output_dir: Path, callbacks) -> dict:
-    start = time.perf_counter()
-    set_seed(training_args.seed)
-    trainer_args, repo_id = prepare_push(training_args)
-    checkpoint = resume_checkpoint(training_args)
-    judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
-    if judge:
-        judge.check()
-
-    max_length = context_max_length(args.max_length, load_config(args.model))
-    tokenizer = load_tokenizer(args.model, pad_with_eos=True)
-    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-    model = load_model(args.model, ScratchGPTForCausalLM, tokenizer)
-    tokenizer.model_max_length = model.config.context_length
-    with training_args.main_process_first(desc="formatting and tokenizing"):  # other ranks read datasets' cache
-        datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
-                                             args.split_seed)
-    model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
-    collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
-    test = datasets.get("test")
-    trainer = LanguageModelTrainer(
-        model=model,
-        args=trainer_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=callbacks,
-    )
-    require_whole_weights(trainer)
-    if test is not None:
-        trainer.add_callback(ScoreBeforeTraining(trainer, test, "base_test"))
-    trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = {}
-    if test is not None:
-        # the base score, logged by ScoreBeforeTraining (absent from checkpoints of runs that did not log it)
-        metrics = next(({k: v for k, v in entry.items() if k.startswith("base_test_")}
-                        for entry in trainer.state.log_history if "base_test_loss" in entry), {})
-        metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
-        metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
-    if trainer.is_world_process_zero():
-        with saving_into(output_dir) as staging:
-            model = save_model(model, tokenizer, staging, args.mode)
+        def write_files(staging):
+            saved = save_model(model, tokenizer, staging, args.mode)
             responses = []
             if test is not None:
-                records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
-                replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
-                                             training_args.per_device_eval_batch_size)
-                responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
-                metrics.update(response_scores(replies, [r["output"] for r in records]))
-                if judge:
-                    for response in responses:
-                        response["judge_score"] = judge.score(response, response["model_response"])
-                    metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+                responses = _answer(saved, tokenizer, test, args, training_args, judge, metrics)
                 (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-            write_training_args(staging, training_args)
-            plot_losses(trainer.state.log_history, staging / "loss.png")
             card = write_instruction_card(
-                staging, model_name=output_dir.name, base_model=args.model, model=model, data=args.data, mode=args.mode,
-                mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
-                training_args=training_args, metrics=metrics, examples=responses[:3],
-                wall_seconds=time.perf_counter() - start,
+                staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
+                mode=args.mode, mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
+                training_args=training_args, metrics=metrics, examples=responses[:3], wall_seconds=run.seconds,
             )
             if args.mode == "lora":
                 write_adapter_card(staging / "adapter", card, args.model)
-            (staging / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    finish_run(output_dir, repo_id, training_args, "Instruction model")
+
+        run.save(trainer, write_files, metrics, "test_results.json")
     return metrics
+
+
+def _answer(model, tokenizer, test, args, training_args, judge, metrics: dict) -> list[dict]:
+    """Greedy responses to the test records, scored into `metrics` (and by the judge, when there is one)."""
+    records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
+    replies = generate_responses(model, tokenizer, records, args.max_new_tokens, training_args.per_device_eval_batch_size)
+    responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
+    metrics.update(response_scores(replies, [r["output"] for r in records]))
+    if judge:
+        for response in responses:
+            response["judge_score"] = judge.score(response, response["model_response"])
+        metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+    return responses

@@ -1,60 +1,81 @@
 """Pretraining (chapter 5): a corpus, a tokenizer, a new or saved model, and `transformers.Trainer`."""
 
+import dataclasses
 import json
 import math
-import time
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import Trainer, TrainerCallback, default_data_collator, set_seed
-from transformers.trainer_utils import SchedulerType
+from transformers import Trainer, TrainerCallback, default_data_collator
+from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
-from ..hub import finish_run, plot_losses, prepare_push, write_pretraining_card
+from ..hub import write_pretraining_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .runs import (
-    RecipeTrainingArguments,
-    check_training_args,
-    output_folder,
-    resume_checkpoint,
-    saving_into,
-    write_training_args,
-)
+from .runs import RecipeTrainingArguments, recipe_run
+
+
+SMALL_MODEL = dict(context_length=128, emb_dim=128, n_heads=4, n_layers=4)  # pretrains in a few CPU minutes
+_FROM_THE_TOKENIZER = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _shape_fields() -> list:
+    """Every field of `ScratchGPTConfig` a new model's shape can set (the tokenizer sets the rest), each with
+    the help its docstring gives it: the config is the one source of the model's fields and their checks."""
+    helps = dict(re.findall(r"^ {8}(\w+) \(`[^`]+`\): (.+?)(?=\n {8}\w|\n\s*\n|\Z)", ScratchGPTConfig.__doc__,
+                            re.MULTILINE | re.DOTALL))
+    shape = []
+    for name in ScratchGPTConfig.__annotations__:
+        if name in _FROM_THE_TOKENIZER or name == "use_cache":
+            continue
+        default = SMALL_MODEL.get(name, getattr(ScratchGPTConfig, name))
+        help_text = " ".join(helps[name].split())
+        shape.append((name, type(default), field(default=default, metadata={"help": help_text})))
+    return shape
+
+
+_SHAPE_FIELDS = _shape_fields()
 
 
 @dataclass
-class ModelArguments:
-    """The model to train: a new one of this shape, or a saved one to continue from."""
-
+class _ModelSource:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from this saved model."})
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Use this tokenizer (default: the model's, or one trained on the corpus)."}
     )
     tokenizer_kind: Literal["bpe", "char"] = field(default="bpe", metadata={"help": "Kind of tokenizer to train."})
     tokenizer_vocab_size: int = field(default=2048, metadata={"help": "Vocabulary size of the trained tokenizer."})
-    context_length: int = field(default=128, metadata={"help": "Longest sequence the model handles."})
-    emb_dim: int = field(default=128, metadata={"help": "Hidden size."})
-    n_heads: int = field(default=4, metadata={"help": "Attention heads per block."})
-    n_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
-    activation_function: str = field(
-        default="gelu_pytorch_tanh",
-        metadata={"help": "Feed-forward activation: the book's tanh GELU, 'gelu' (exact, nanoGPT's), any transformers name."},
-    )
-    drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate."})
-    qkv_bias: bool = field(default=False, metadata={"help": "Give the query/key/value projection a bias."})
-    bias: bool = field(default=True, metadata={"help": "Biases in the other linear layers and LayerNorms."})
-    tie_word_embeddings: bool = field(default=True, metadata={"help": "Share the token embedding with the output head."})
+
+    def __post_init__(self):
+        self.config_fields()  # the config's own checks, before anything starts
+
+    def config_fields(self) -> dict:
+        """The shape of a new model, checked by `ScratchGPTConfig` itself."""
+        shape = {name: getattr(self, name) for name, *_ in _SHAPE_FIELDS}
+        ScratchGPTConfig(**shape)
+        return shape
+
+
+ModelArguments = dataclasses.make_dataclass(
+    "ModelArguments", _SHAPE_FIELDS, bases=(_ModelSource,), namespace={
+        "__doc__": "The model to train: a new one of this shape (any `ScratchGPTConfig` field), or a saved one.",
+        "_argument_group_name": "model"},
+)
+ModelArguments.__module__ = __name__
 
 
 @dataclass
 class DataArguments:
     """The corpus and how it is cut into training windows."""
+
+    _argument_group_name = "data"
 
     data: str = field(
         default=PYTHON_DOCS,
@@ -75,7 +96,8 @@ class DataArguments:
 
 @dataclass
 class PretrainingArguments(RecipeTrainingArguments):
-    """`TrainingArguments` with defaults that train the small default model in a few CPU minutes."""
+    """Defaults that train the small default model in a few CPU minutes: steps rather than epochs, cosine
+    decay after a short warmup, fused AdamW, an evaluation and a checkpoint every 100 steps, the best kept."""
 
     output_dir: str | None = field(default="scratch-gpt", metadata={"help": "Where the model and checkpoints go."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
@@ -84,17 +106,14 @@ class PretrainingArguments(RecipeTrainingArguments):
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Decay after warmup."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (a fraction if < 1)."})
     optim: OptimizerNames | str = field(default="adamw_torch_fused", metadata={"help": "Optimizer (fused AdamW)."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
+    eval_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to save a checkpoint."})
+    save_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "When to save a checkpoint."})
     save_steps: float = field(default=100, metadata={"help": "Save every N steps."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the best and the last checkpoint."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "End with the best checkpoint."})
     metric_for_best_model: str | None = field(default="eval_loss", metadata={"help": "What 'best' means."})
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
 
 
 class SampleCallback(TrainerCallback):
@@ -140,90 +159,72 @@ def pretrain(
     """Pretrain a ScratchGPT on a corpus; returns the final evaluation metrics.
 
     The output folder ends up holding the model (safetensors, config, code files, generation
-    config), the tokenizer, `loss.png` and a `README.md` model card; checkpoints go beside them.
+    config), the tokenizer, `loss.png`, `run.yaml` and a `README.md` model card; checkpoints go beside them.
     Everything that can be checked is checked before anything is written. `--resume_from_checkpoint
     last` (or a checkpoint folder) continues an interrupted run exactly; `callbacks` join Trainer's.
     """
     model_args = model_args or ModelArguments()
     data_args = data_args or DataArguments()
     training_args = training_args or PretrainingArguments()
-    check_training_args(training_args)
-    with output_folder(Path(training_args.output_dir)) as output_dir:
-        return _pretrain(model_args, data_args, training_args, output_dir, callbacks)
+    with recipe_run(training_args, model_args, data_args, what="Pretrained model") as run:
+        # A resumed run continues the model and tokenizer its checkpoint holds.
+        model_source = model_args.model_name_or_path or run.checkpoint
+        config = load_config(model_source) if model_source else None  # before its tokenizer is looked at
+        corpus = load_corpus(data_args.data, data_args.text_column)
+        tokenizer_source = model_args.tokenizer_name_or_path or model_source
+        if tokenizer_source:
+            tokenizer = load_tokenizer(tokenizer_source, config=config if tokenizer_source == model_source else None)
+        else:
+            tokenizer = train_tokenizer(corpus["text"], kind=model_args.tokenizer_kind,
+                                        vocab_size=model_args.tokenizer_vocab_size)
+        if model_source:
+            model = load_model(model_source, ScratchGPTForCausalLM, tokenizer, config=config)
+        else:
+            model = ScratchGPTForCausalLM(ScratchGPTConfig(
+                vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **model_args.config_fields()))
+        config = model.config
+        max_length = config.context_length if data_args.max_length is None else data_args.max_length  # 0 refused
+        if max_length > config.context_length:
+            raise ValueError(
+                f"max_length={max_length} is longer than the model's context_length={config.context_length}."
+            )
+        _check_no_other_model(run.output_dir, config)
+        with training_args.main_process_first(desc="tokenizing and windowing"):  # other ranks read datasets' cache
+            datasets = build_lm_dataset(
+                corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
+                data_args.num_proc,
+            )
+        tokenizer.model_max_length = config.context_length
 
-
-def _pretrain(model_args, data_args, training_args, output_dir: Path, callbacks) -> dict:
-    start = time.perf_counter()
-    set_seed(training_args.seed)  # before the model exists: its initialisation is part of the run
-    trainer_args, repo_id = prepare_push(training_args)
-    checkpoint = resume_checkpoint(training_args)
-    # A resumed run continues the model and tokenizer its checkpoint holds.
-    model_source = model_args.model_name_or_path or checkpoint
-    if model_source:
-        load_config(model_source)  # a model of ours or GPT-2's, before its tokenizer is looked at
-
-    corpus = load_corpus(data_args.data, data_args.text_column)
-    tokenizer_source = model_args.tokenizer_name_or_path or model_source
-    if tokenizer_source:
-        tokenizer = load_tokenizer(tokenizer_source)
-    else:
-        tokenizer = train_tokenizer(corpus["text"], kind=model_args.tokenizer_kind,
-                                    vocab_size=model_args.tokenizer_vocab_size)
-    if model_source:
-        model = load_model(model_source, ScratchGPTForCausalLM, tokenizer)
-    else:
-        model = ScratchGPTForCausalLM(_new_config(model_args, tokenizer))
-    config = model.config
-    max_length = config.context_length if data_args.max_length is None else data_args.max_length  # 0 is refused
-    if max_length > config.context_length:
-        raise ValueError(
-            f"max_length={max_length} is longer than the model's context_length={config.context_length}."
+        trainer = LanguageModelTrainer(
+            model=model,
+            args=run.trainer_args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("validation"),
+            processing_class=tokenizer,
+            data_collator=default_data_collator,
+            callbacks=[SampleCallback(data_args.sample_prompt), *(callbacks or [])],
         )
-    _check_no_other_model(output_dir, config)
-    with training_args.main_process_first(desc="tokenizing and windowing"):  # other ranks read datasets' cache
-        datasets = build_lm_dataset(
-            corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
-            data_args.num_proc,
-        )
-    tokenizer.model_max_length = config.context_length
-
-    trainer = LanguageModelTrainer(
-        model=model,
-        args=trainer_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        processing_class=tokenizer,
-        data_collator=default_data_collator,
-        callbacks=[SampleCallback(data_args.sample_prompt), *(callbacks or [])],
-    )
-    _check_the_model_can_be_gathered(trainer)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = trainer.evaluate() if "validation" in datasets else {}
-    # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if trainer.is_world_process_zero():
+        _check_the_model_can_be_gathered(trainer)
+        trainer.train(resume_from_checkpoint=run.checkpoint)
+        metrics = trainer.evaluate() if "validation" in datasets else {}
+        # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
         tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
         tokens_per_step *= training_args.gradient_accumulation_steps
-        with saving_into(output_dir) as staging:
+
+        def write_files(staging):
             trainer.model.save_pretrained(staging, state_dict=state_dict)
             tokenizer.save_pretrained(staging)
-            write_training_args(staging, training_args)
-            plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
             write_pretraining_card(
-                staging,
-                model_name=output_dir.name,
-                model=model,
-                data=data_args.data,
-                dataset_sizes={split: len(d) for split, d in datasets.items()},
-                max_length=max_length,
-                stride=data_args.stride or max_length,
-                training_args=training_args,
-                metrics=metrics,
-                tokens_seen=trainer.state.global_step * tokens_per_step,
-                wall_seconds=time.perf_counter() - start,
+                staging, model_name=run.output_dir.name, model=model, data=data_args.data,
+                dataset_sizes={split: len(d) for split, d in datasets.items()}, max_length=max_length,
+                stride=data_args.stride or max_length, training_args=training_args, metrics=metrics,
+                tokens_seen=trainer.state.global_step * tokens_per_step, wall_seconds=run.seconds,
             )
-            (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    finish_run(output_dir, repo_id, training_args, "Pretrained model")
+
+        run.save(trainer, write_files, metrics, "eval_results.json", tokens_per_step)
     return metrics
 
 
@@ -237,18 +238,6 @@ def _check_the_model_can_be_gathered(trainer) -> None:
         raise ValueError("DeepSpeed ZeRO-3 gives the trained model whole only with "
                          "`stage3_gather_16bit_weights_on_model_save: true` in its zero_optimization config "
                          "(`zero3_save_16bit_model: true` in accelerate's): set it, or the run would end unsaved.")
-
-
-def _new_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
-    shape = {f.name: getattr(model_args, f.name) for f in fields(ModelArguments)
-             if f.name in ScratchGPTConfig.__dataclass_fields__}
-    return ScratchGPTConfig(
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **shape,
-    )
 
 
 def _check_no_other_model(output_dir: Path, config: ScratchGPTConfig) -> None:

@@ -1,11 +1,15 @@
-"""What every recipe run shares: training arguments checked before anything starts, the checkpoint a run
-resumes from, and an output folder that is never left half-written.
+"""What every recipe run shares, from start to end (`recipe_run`): training arguments checked before anything
+starts, the seed, a push checked before training, the checkpoint a run resumes from, an output folder that is
+never left half-written, the files every run leaves (arguments, the file that reproduces the run, loss plot,
+results), and an ending where every process waits for the saved folder before process 0 pushes it.
 
 Trainer writes a checkpoint's `trainer_state.json` last, so a checkpoint whose state parses was written
-whole; one cut off by a kill is passed over when resuming. The final model, card and plot are written
-into a hidden staging folder and moved into place at the end.
+whole; one cut off by a kill is passed over when resuming. The final files are written into a hidden
+staging folder and moved into place at the end.
 """
 
+import copy
+import dataclasses
 import errno
 import json
 import logging
@@ -13,14 +17,19 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+import yaml
+from transformers import TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
+
+from ..hub import hub_login, plot_losses, push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +39,28 @@ _CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 @dataclass
 class RecipeTrainingArguments(TrainingArguments):
-    """`TrainingArguments` checked as they are built (a bad value fails before anything starts), whose
-    `resume_from_checkpoint` also takes `last`."""
+    """`TrainingArguments` with the defaults the recipes share (the book's fine-tuning settings: batch 8, AdamW
+    5e-5 with weight decay 0.1, an evaluation and a checkpoint every epoch, the last two kept), checked as they
+    are built (a bad value fails before anything starts), whose `resume_from_checkpoint` also takes `last`.
+    Each recipe's subclass overrides only what differs."""
 
+    _argument_group_name = "training"
+
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate."})
+    save_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best among them)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": f"Continue an interrupted run from this checkpoint folder, or '{RESUME_LAST}' for the newest "
                 "complete one in --output_dir."})
 
     def __post_init__(self):
-        check_training_args(self)
+        _check_training_args(self)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             # Without GPUs, Trainer joins the processes torchrun / accelerate started only when told to use
             # the CPU; otherwise each would train alone, all of them writing the same output folder.
@@ -46,7 +68,7 @@ class RecipeTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def check_training_args(args) -> None:
+def _check_training_args(args) -> None:
     """Refuse settings that Trainer and torch accept silently or trip over only later."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "learning_rate"):
@@ -168,3 +190,104 @@ def saving_into(output_dir: Path):
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ a whole run
+
+
+@dataclass
+class Run:
+    """A recipe run in progress: where it writes, the arguments Trainer gets (pushing off: the run pushes
+    its finished folder itself), the checkpoint it resumes from, and the arguments that reproduce it."""
+
+    output_dir: Path
+    training_args: RecipeTrainingArguments
+    trainer_args: RecipeTrainingArguments
+    checkpoint: str | None
+    arguments: tuple
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save(self, trainer, write_files: Callable[[Path], None], results: dict, results_file: str,
+             tokens_per_step: int | None = None) -> None:
+        """On process 0, write the final folder: the loss plot (which cards show), what `write_files(staging)`
+        writes (model, tokenizer, card), the run's arguments, the config file that reproduces it, and `results`
+        (written last, so `write_files` may still add to them)."""
+        if not trainer.is_world_process_zero():
+            return
+        with saving_into(self.output_dir) as staging:
+            plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
+            write_files(staging)
+            write_training_args(staging, self.training_args)
+            write_run_config(staging / RUN_CONFIG, *self.arguments, self.training_args)
+            (staging / results_file).write_text(json.dumps(results, indent=2) + "\n")
+
+
+@contextmanager
+def recipe_run(training_args: RecipeTrainingArguments, *arguments, what: str):
+    """Around a whole recipe run: the output folder checked (and removed again if the run fails before leaving
+    anything worth keeping), the seed set before any model exists, a push checked before training, the
+    checkpoint to resume from found. At the end, every process waits until process 0 has saved the folder
+    (so that each returns with it written), then process 0 pushes it when asked. `arguments` are the
+    recipe's other argument dataclasses, for the file that reproduces the run; `what` names it in the commit."""
+    with output_folder(Path(training_args.output_dir)) as output_dir:
+        set_seed(training_args.seed)
+        trainer_args, repo_id = _prepare_push(training_args)
+        yield Run(output_dir, training_args, trainer_args, resume_checkpoint(training_args), arguments)
+        training_args.distributed_state.wait_for_everyone()
+        if repo_id and training_args.process_index == 0:
+            url = push_to_hub(output_dir, repo_id, token=training_args.hub_token,
+                              private=training_args.hub_private_repo, revision=training_args.hub_revision,
+                              commit_message=f"{what} with hf-scratch-gpt")
+            print(f"Pushed {output_dir} to {url}")
+
+
+def _prepare_push(training_args):
+    """Check a requested push before training, and give Trainer a copy of the arguments with its own pushing
+    off (it would push each checkpoint, then overwrite our card with its own). Returns those arguments and the
+    repo id to push the finished folder to (None when not pushing)."""
+    if not training_args.push_to_hub:
+        return training_args, None
+    _, repo_id = hub_login(training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+                           training_args.hub_token)
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub = False
+    return trainer_args, repo_id
+
+
+# ------------------------------------------------------------------------------- the file that reproduces a run
+
+RUN_CONFIG = "run.yaml"
+_NOT_REPRODUCED = {"resume_from_checkpoint", "hub_token", "push_to_hub_token"}  # how it ran, or secret
+
+
+def write_run_config(path: Path, *arguments) -> None:
+    """The flags that differ from their defaults, as a YAML file any training command reads back
+    (`hf-scratch-gpt pretrain run.yaml` reruns the run)."""
+    flags = {}
+    for args in arguments:
+        flags.update(changed_flags(args))
+    path.write_text(yaml.safe_dump(flags, sort_keys=False))
+
+
+def changed_flags(args) -> dict:
+    """The fields of an argument dataclass that differ from their defaults, as plain YAML values."""
+    values = args.to_dict() if isinstance(args, TrainingArguments) else dataclasses.asdict(args)
+    if isinstance(args, TrainingArguments):
+        defaults = type(args)(output_dir=args.output_dir).to_dict()
+    else:
+        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(args)}
+    flags = {f.name for f in dataclasses.fields(args) if f.init} - _NOT_REPRODUCED
+    return {name: _plain(value) for name, value in values.items()
+            if name in flags and _plain(value) != _plain(defaults[name])}
+
+
+def _plain(value):
+    """Enums as their values, tuples as lists: what YAML writes and the command line reads back."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return getattr(value, "value", value)
