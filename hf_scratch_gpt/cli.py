@@ -283,7 +283,7 @@ def _flags_with_config_file(rest: list[str]) -> list[str]:
         path, rest = rest[0], rest[1:]
     elif "--config" in rest:
         at = rest.index("--config")
-        if at + 1 == len(rest):
+        if at + 1 == len(rest) or rest[at + 1].startswith("-"):
             raise _UsageError("--config needs a YAML or JSON file of flags (see --help)")
         path, rest = rest[at + 1], rest[:at] + rest[at + 2 :]
     else:

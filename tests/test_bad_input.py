@@ -106,6 +106,9 @@ def world(tmp_path_factory) -> dict:
         "header_only.tsv": "label\ttext\n",
         "mixed.tsv": "label\ttext\n", "mixed.json": "[]",
         "a_file": "not a folder",
+        "flags_a_list.yaml": "- max_steps\n- 2\n",
+        "flags_unknown.yaml": "bogus: 1\n",
+        "flags_broken.json": '{"max_steps": ',
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -193,6 +196,13 @@ CLI_CASES = [
     ("resume from a missing folder", "pretrain --data {corpus} --resume_from_checkpoint {root}/nowhere",
      "--resume_from_checkpoint {root}/nowhere is not a complete checkpoint", 1),
     # flags the parser refuses
+    ("flag file missing", "classify {root}/nowhere.yaml", "Config file {root}/nowhere.yaml does not exist", 2),
+    ("flag file not a mapping", "classify --config {root}/flags_a_list.yaml",
+     "Config file {root}/flags_a_list.yaml holds a list, not a mapping of flag names to values", 2),
+    ("flag file not JSON", "instruct {root}/flags_broken.json", "Config file {root}/flags_broken.json is not valid", 2),
+    ("flag file unknown flag", "pretrain --config {root}/flags_unknown.yaml",
+     "Some specified arguments are not used by the HfArgumentParser: ['--bogus'", 2),
+    ("flag file flag without file", "pretrain --config", "--config needs a YAML or JSON file of flags", 2),
     ("unknown flag", "pretrain --bogus 1", "Some specified arguments are not used by the HfArgumentParser: ['--bogus'", 2),
     ("not a number", "pretrain --max_steps many", "argument --max_steps/--max-steps: invalid int value: 'many'", 2),
     ("unknown strategy", "pretrain --eval_strategy sometimes",

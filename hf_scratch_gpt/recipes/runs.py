@@ -277,7 +277,7 @@ def changed_flags(args) -> dict:
     """The fields of an argument dataclass that differ from their defaults, as plain YAML values."""
     values = args.to_dict() if isinstance(args, TrainingArguments) else dataclasses.asdict(args)
     if isinstance(args, TrainingArguments):
-        defaults = type(args)(output_dir=args.output_dir).to_dict()
+        defaults = type(args)().to_dict()
     else:
         defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(args)}
