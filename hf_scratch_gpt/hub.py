@@ -8,7 +8,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-TEMPLATES = files(__package__) / "model_cards"
+TEMPLATES = files("hf_scratch_gpt.model_cards")  # model_cards/ at the top of the repository
 PACKAGE_URL = "https://pypi.org/project/hf-scratch-gpt/"
 # Cards show this where the folder's path or Hub id goes; `push_to_hub` writes the repo id in its place.
 REPO_PLACEHOLDER = "PATH_OR_REPO"

@@ -2,6 +2,7 @@
 stand-in for the Hub, see fake_hub.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard, constants
@@ -191,3 +192,18 @@ def test_a_hub_base_model_is_named_in_the_metadata(tmp_path):
     local = write_conversion_card(tmp_path, model_name="m", source=str(tmp_path), scratch_model=model,
                                   target_type="scratch_gpt")
     assert local.data.base_model is None and f"`{tmp_path}`" in local.text
+
+
+def test_a_non_editable_install_ships_the_card_templates(tmp_path):
+    """The templates live in the top-level model_cards/ folder; the wheel carries them as package data."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
+                    str(root)], check=True, capture_output=True, timeout=600)
+    (wheel,) = tmp_path.glob("hf_scratch_gpt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = {f"hf_scratch_gpt/model_cards/{p.name}" for p in (root / "model_cards").glob("*.md")}
+    assert len(templates) == 4 and templates <= names
