@@ -9,6 +9,7 @@ traceback).
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from importlib.metadata import version
 from pathlib import Path
 
@@ -165,28 +166,28 @@ def _require_model_dir(path: str) -> None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training command: a recipe of `hf_scratch_gpt.recipes` with its argument dataclasses there, what the
-    line it ends with says was saved, and which of its metrics that line shows."""
+    """A training command: the function `function` of the module `hf_scratch_gpt.recipes.<module>` with its
+    argument dataclasses there, what the line it ends with says was saved, and which metrics that line shows."""
 
     help: str
+    module: str
     function: str
     flags: tuple[str, ...]
     saved: str
     shown: tuple[str, ...]
 
     def flag_classes(self) -> list:
-        from . import recipes
-
-        return [getattr(recipes, name) for name in self.flags]
+        return [getattr(self._module(), name) for name in self.flags]
 
     def run(self, *arguments) -> None:
-        from . import recipes
-
-        metrics = getattr(recipes, self.function)(*arguments)
+        metrics = getattr(self._module(), self.function)(*arguments)
         training_args = arguments[-1]
         if training_args.process_index == 0:  # the process that saved
             summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in self.shown)
             print(f"Saved {self.saved} to {training_args.output_dir}" + (f" ({summary})" if summary else ""))
+
+    def _module(self):
+        return import_module(f"{__package__}.recipes.{self.module}")  # on use: `--help` stays quick
 
 
 @dataclass(frozen=True)
@@ -206,13 +207,13 @@ class Tool:
 
 
 COMMANDS = {
-    "pretrain": Recipe("Pretrain a model on a corpus with Trainer.", "pretrain",
+    "pretrain": Recipe("Pretrain a model on a corpus with Trainer.", "pretraining", "pretrain",
                        ("ModelArguments", "DataArguments", "PretrainingArguments"), "the model",
                        ("eval_loss", "eval_perplexity")),
-    "classify": Recipe("Fine-tune a classifier (LoRA by default) with Trainer.", "classify",
+    "classify": Recipe("Fine-tune a classifier (LoRA by default) with Trainer.", "classification", "classify",
                        ("ClassificationArguments", "ClassificationTrainingArguments"), "the classifier",
                        ("test_accuracy", "eval_accuracy")),
-    "instruct": Recipe("Fine-tune a model to follow instructions (LoRA by default).", "instruct",
+    "instruct": Recipe("Fine-tune a model to follow instructions (LoRA by default).", "instruction", "instruct",
                        ("InstructionArguments", "InstructionTrainingArguments"), "the instruction model",
                        ("base_test_loss", "test_loss", "word_f1")),
     "generate": Tool("Continue a prompt with a saved model.", generate_command, (GenerateArguments,),
