@@ -26,13 +26,13 @@ from hf_scratch_gpt.data import build_classification_dataset, load_labelled
 # training, which ranks entered the final save, and which found the output folder finished when theirs returned.
 RECIPE_RUN = """
 import functools
+import importlib
 import os
 import sys
 import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
-from hf_scratch_gpt import recipes
-from hf_scratch_gpt.cli import main
+from hf_scratch_gpt.cli import COMMANDS, main
 from hf_scratch_gpt.recipes import runs
 
 command, records = sys.argv[1], sys.argv[2]
@@ -52,7 +52,9 @@ def recorded(saving_into):
     return wrapper
 
 runs.saving_into = recorded(runs.saving_into)
-setattr(recipes, command, functools.partial(getattr(recipes, command), callbacks=[RecordLogits()]))
+recipe = COMMANDS[command]
+module = importlib.import_module(f"hf_scratch_gpt.recipes.{recipe.module}")
+setattr(module, recipe.function, functools.partial(getattr(module, recipe.function), callbacks=[RecordLogits()]))
 status = main([command, *sys.argv[3:]])
 if os.path.isfile(os.path.join(sys.argv[sys.argv.index("--output_dir") + 1], "README.md")):
     open(f"{records}/finished-when-rank{os.environ['RANK']}-returned", "w").close()

@@ -4,7 +4,7 @@ base, PEFT or the book's partial unfreezing, and `transformers.Trainer`."""
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
+from transformers import DataCollatorWithPadding, TrainerCallback
 
 from ..data import build_classification_dataset, load_labelled
 from ..hub import write_adapter_card, write_classification_card
@@ -83,16 +83,8 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
                            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                            label2id={name: i for i, name in enumerate(label_names)}, pad_token_id=tokenizer.pad_token_id)
         model = make_trainable(model, args, "SEQ_CLS", head="score")
-        trainer = Trainer(
-            model=model,
-            args=run.trainer_args,
-            train_dataset=datasets["train"],
-            eval_dataset=datasets.get("validation"),
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=classification_metrics(label_names),
-            callbacks=callbacks,
-        )
+        trainer = run.trainer(model, datasets, tokenizer, DataCollatorWithPadding(tokenizer), callbacks,
+                              compute_metrics=classification_metrics(label_names))
         require_whole_weights(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
         test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None

@@ -93,15 +93,8 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                                                  args.split_seed)
         model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
         test = datasets.get("test")
-        trainer = LanguageModelTrainer(
-            model=model,
-            args=run.trainer_args,
-            train_dataset=datasets["train"],
-            eval_dataset=datasets.get("validation"),
-            processing_class=tokenizer,
-            data_collator=InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt),
-            callbacks=callbacks,
-        )
+        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
+        trainer = run.trainer(model, datasets, tokenizer, collator, callbacks, LanguageModelTrainer)
         require_whole_weights(trainer)
         if test is not None:
             trainer.add_callback(ScoreBeforeTraining(trainer, test, "base_test"))

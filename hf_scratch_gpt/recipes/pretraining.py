@@ -197,15 +197,8 @@ def pretrain(
             )
         tokenizer.model_max_length = config.context_length
 
-        trainer = LanguageModelTrainer(
-            model=model,
-            args=run.trainer_args,
-            train_dataset=datasets["train"],
-            eval_dataset=datasets.get("validation"),
-            processing_class=tokenizer,
-            data_collator=default_data_collator,
-            callbacks=[SampleCallback(data_args.sample_prompt), *(callbacks or [])],
-        )
+        trainer = run.trainer(model, datasets, tokenizer, default_data_collator,
+                              [SampleCallback(data_args.sample_prompt), *(callbacks or [])], LanguageModelTrainer)
         _check_the_model_can_be_gathered(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
         metrics = trainer.evaluate() if "validation" in datasets else {}

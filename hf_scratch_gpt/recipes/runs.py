@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
@@ -210,6 +210,12 @@ class Run:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
+
+    def trainer(self, model, datasets, tokenizer, data_collator, callbacks=None, trainer_class=Trainer, **options):
+        """The recipe's Trainer, with the run's arguments, on the `train` and `validation` splits of `datasets`."""
+        return trainer_class(model=model, args=self.trainer_args, train_dataset=datasets["train"],
+                             eval_dataset=datasets.get("validation"), processing_class=tokenizer,
+                             data_collator=data_collator, callbacks=callbacks, **options)
 
     def save(self, trainer, write_files: Callable[[Path], None], results: dict, results_file: str,
              tokens_per_step: int | None = None) -> None:
