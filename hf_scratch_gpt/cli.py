@@ -175,6 +175,7 @@ class Recipe:
     flags: tuple[str, ...]
     saved: str
     shown: tuple[str, ...]
+    positionals = ()  # none: everything is a flag, so that a file can hold them all
 
     def flag_classes(self) -> list:
         return [getattr(self._module(), name) for name in self.flags]
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         flag_classes = command.flag_classes()
         parser = HfArgumentParser(flag_classes, prog=f"hf-scratch-gpt {name}", description=command.help)
         parser.error = _usage_error  # one line, like every other error
-        for arg_name, help_text in getattr(command, "positionals", ()):
+        for arg_name, help_text in command.positionals:
             parser.add_argument(arg_name, help=help_text)
         if isinstance(command, Recipe):
             rest = _flags_with_config_file(rest)
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             raise _UsageError(str(error)) from error
         parsed, extra = outputs[: len(flag_classes)], outputs[len(flag_classes) :]
-        command.run(*parsed, *(getattr(extra[0], arg_name) for arg_name, _ in getattr(command, "positionals", ())))
+        command.run(*parsed, *(getattr(extra[0], arg_name) for arg_name, _ in command.positionals))
     except Exception as error:  # the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise

@@ -275,11 +275,11 @@ def write_run_config(path: Path, *arguments) -> None:
     (`hf-scratch-gpt pretrain run.yaml` reruns the run)."""
     flags = {}
     for args in arguments:
-        flags.update(changed_flags(args))
+        flags.update(_changed_flags(args))
     path.write_text(yaml.safe_dump(flags, sort_keys=False))
 
 
-def changed_flags(args) -> dict:
+def _changed_flags(args) -> dict:
     """The fields of an argument dataclass that differ from their defaults, as plain YAML values."""
     values = args.to_dict() if isinstance(args, TrainingArguments) else dataclasses.asdict(args)
     if isinstance(args, TrainingArguments):
