@@ -56,6 +56,8 @@ def test_a_flag_file_runs_and_the_command_line_wins(corpus, tmp_path, capsys):
     assert (saved["n_layers"], saved["layer_norm_epsilon"], saved["initializer_range"], saved["bias"]) == (
         1, 1e-3, 0.05, False)
     assert not (tmp_path / "ignored").exists()
+    assert (out / "run.yaml").read_text().splitlines()[1] == (
+        "# Run it again with: hf-scratch-gpt pretrain run.yaml --output_dir NEW_FOLDER")
     written = yaml.safe_load((out / "run.yaml").read_text())
     assert written["n_layers"] == 1 and written["layer_norm_epsilon"] == 1e-3 and written["output_dir"] == str(out)
     assert "resume_from_checkpoint" not in written and "disable_tqdm" in written

@@ -69,7 +69,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
     `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or ClassificationTrainingArguments()
-    with recipe_run(training_args, args, what="Classifier") as run:
+    with recipe_run(training_args, args, command="classify", what="Classifier") as run:
         config = load_config(args.model)
         max_length = context_max_length(args.max_length, config)
         tokenizer = load_tokenizer(args.model, pad_with_eos=True, config=config)

@@ -78,7 +78,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
     `callbacks` join Trainer's (early stopping, trackers, ...).
     """
     training_args = training_args or InstructionTrainingArguments()
-    with recipe_run(training_args, args, what="Instruction model") as run:
+    with recipe_run(training_args, args, command="instruct", what="Instruction model") as run:
         judge = Judge(args.judge_url, args.judge_model, os.environ.get("OPENAI_API_KEY")) if args.judge_url else None
         if judge:
             judge.check()

@@ -166,7 +166,7 @@ def pretrain(
     model_args = model_args or ModelArguments()
     data_args = data_args or DataArguments()
     training_args = training_args or PretrainingArguments()
-    with recipe_run(training_args, model_args, data_args, what="Pretrained model") as run:
+    with recipe_run(training_args, model_args, data_args, command="pretrain", what="Pretrained model") as run:
         # A resumed run continues the model and tokenizer its checkpoint holds.
         model_source = model_args.model_name_or_path or run.checkpoint
         config = load_config(model_source) if model_source else None  # before its tokenizer is looked at

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from importlib.metadata import version
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,7 @@ class Run:
     training_args: RecipeTrainingArguments
     trainer_args: RecipeTrainingArguments
     checkpoint: str | None
+    command: str
     arguments: tuple
     started: float = field(default_factory=time.perf_counter)
 
@@ -228,21 +230,22 @@ class Run:
             plot_losses(trainer.state.log_history, staging / "loss.png", tokens_per_step)
             write_files(staging)
             write_training_args(staging, self.training_args)
-            write_run_config(staging / RUN_CONFIG, *self.arguments, self.training_args)
+            write_run_config(staging / RUN_CONFIG, self.command, *self.arguments, self.training_args)
             (staging / results_file).write_text(json.dumps(results, indent=2) + "\n")
 
 
 @contextmanager
-def recipe_run(training_args: RecipeTrainingArguments, *arguments, what: str):
+def recipe_run(training_args: RecipeTrainingArguments, *arguments, command: str, what: str):
     """Around a whole recipe run: the output folder checked (and removed again if the run fails before leaving
     anything worth keeping), the seed set before any model exists, a push checked before training, the
     checkpoint to resume from found. At the end, every process waits until process 0 has saved the folder
     (so that each returns with it written), then process 0 pushes it when asked. `arguments` are the
-    recipe's other argument dataclasses, for the file that reproduces the run; `what` names it in the commit."""
+    recipe's other argument dataclasses and `command` its CLI name, for the file that reproduces the run; `what`
+    names it in the commit."""
     with output_folder(Path(training_args.output_dir)) as output_dir:
         set_seed(training_args.seed)
         trainer_args, repo_id = _prepare_push(training_args)
-        yield Run(output_dir, training_args, trainer_args, resume_checkpoint(training_args), arguments)
+        yield Run(output_dir, training_args, trainer_args, resume_checkpoint(training_args), command, arguments)
         training_args.distributed_state.wait_for_everyone()
         if repo_id and training_args.process_index == 0:
             url = push_to_hub(output_dir, repo_id, token=training_args.hub_token,
@@ -270,13 +273,15 @@ RUN_CONFIG = "run.yaml"
 _NOT_REPRODUCED = {"resume_from_checkpoint", "hub_token", "push_to_hub_token"}  # how it ran, or secret
 
 
-def write_run_config(path: Path, *arguments) -> None:
-    """The flags that differ from their defaults, as a YAML file any training command reads back
+def write_run_config(path: Path, command: str, *arguments) -> None:
+    """The flags that differ from their defaults, as a YAML file the command reads back
     (`hf-scratch-gpt pretrain run.yaml` reruns the run)."""
     flags = {}
     for args in arguments:
         flags.update(_changed_flags(args))
-    path.write_text(yaml.safe_dump(flags, sort_keys=False))
+    header = (f"# The flags of this run that differ from their defaults (hf-scratch-gpt {version('hf-scratch-gpt')}).\n"
+              f"# Run it again with: hf-scratch-gpt {command} {path.name} --output_dir NEW_FOLDER\n")
+    path.write_text(header + yaml.safe_dump(flags, sort_keys=False))
 
 
 def _changed_flags(args) -> dict:
