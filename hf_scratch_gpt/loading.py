@@ -92,7 +92,7 @@ def load_model(source: str, model_class, tokenizer=None, config=None, **config_u
     """`model_class` holding the weights of `source` (a model of ours, or GPT-2's converted) and, when
     its head is new, initialised as `from_pretrained` initialises missing weights. With `tokenizer`,
     checks that the model knows every token id it produces. `config`: as `load_config` returned it, if it ran."""
-    config = config or load_config(source)
+    config = load_config(source) if config is None else config
     try:
         if config.model_type == "gpt2":
             converted = from_gpt2(source)
