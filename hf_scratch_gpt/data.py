@@ -1,5 +1,5 @@
-"""Data with `datasets`: corpora cut into windows (chapter 2), labelled texts for classification (chapter 6),
-instruction records and their collator (chapter 7)."""
+"""Data with `datasets`: reading local and Hub data, labelled texts for classification (chapter 6),
+instruction records and their collator (chapter 7). Pretraining corpora (chapter 2) live in `corpus`."""
 
 import csv
 import glob
@@ -11,40 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset
 
 from .tokenization import read_text_file
 
-PYTHON_DOCS = "python-docs"
 _TABLES = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "text") -> Dataset:
-    """A `Dataset` with one document per row in a `text` column.
-
-    `source` is `"python-docs"` (Python's bundled documentation: offline, everywhere), a text file,
-    a folder or glob of them (`.txt` files are whole documents; rows of `.tsv`/`.csv`/`.json(l)`/`.parquet`
-    files give `text_column`), or, with network, a Hub dataset name (its `train` split).
-    """
-    if str(source) == PYTHON_DOCS:
-        from pydoc_data.topics import topics
-
-        return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
-    files = _data_files(source, "Corpus")
-    if files is None:
-        return _require_text(_load_hub(source, "Corpus"), text_column, str(source))
-    suffixes = {Path(f).suffix.lower() for f in files}
-    if suffixes <= {".txt", ".text", ".md", ""}:
-        for f in files:
-            read_text_file(f)  # our clear error for non-UTF-8 text, naming the file and byte
-        dataset = load_dataset("text", data_files=files, split="train", sample_by="document")  # a file = a document
-        text_column = "text"
-    else:
-        dataset = _read_tables(source, files, also="text files (.txt, .md)")
-    dataset = _require_text(dataset, text_column, str(source))
-    if not any(text.strip() for text in dataset["text"]):
-        raise ValueError(f"Corpus {source} is empty: its {len(files)} file(s) hold no text.")
-    return dataset
 
 
 def _data_files(source, what: str) -> list[str] | None:
@@ -67,18 +38,19 @@ def _data_files(source, what: str) -> list[str] | None:
     raise ValueError(f"{what} {source} does not exist.")
 
 
-def _load_hub(source, what: str) -> Dataset:
+def _load_hub(source, what: str, streaming: bool = False) -> Dataset | IterableDataset:
     """The `train` split of a Hub dataset (needs network)."""
     try:
-        return load_dataset(str(source), split="train")
+        return load_dataset(str(source), split="train", streaming=streaming)
     except Exception as error:
         raise ValueError(f"{what} {source!r} is not a local file, folder or glob, and loading it from the Hub "
                          f"failed: {error}") from error
 
 
-def _read_tables(source, files: list[str], also: str | None = None) -> Dataset:
-    """Rows of TSV / CSV / JSON(L) / Parquet files of one type. Tab- and comma-separated files are read
-    as they are: no quoting in TSV (messages may start with a quote sign), and "NA" stays text."""
+def _read_tables(source, files: list[str], also: str | None = None, streaming: bool = False):
+    """Rows of TSV / CSV / JSON(L) / Parquet files of one type (a stream of them when `streaming`). Tab- and
+    comma-separated files are read as they are: no quoting in TSV (messages may start with a quote sign), and
+    "NA" stays text. Only a file that datasets cannot read is read again here, to say what is wrong with it."""
     suffixes = {Path(f).suffix.lower() for f in files}
     if len(suffixes) != 1 or not suffixes <= _TABLES.keys():
         kinds = f"files of one type among {sorted(_TABLES)}" + (f", or {also}" if also else "")
@@ -89,18 +61,30 @@ def _read_tables(source, files: list[str], also: str | None = None) -> Dataset:
         options = {"delimiter": "\t" if suffix == ".tsv" else ",", "na_filter": False}
         if suffix == ".tsv":
             options["quoting"] = csv.QUOTE_NONE
-    for f in files:
-        if _TABLES[suffix] == "json":
-            _check_json_records(f)
-        elif _TABLES[suffix] == "csv" and len(read_text_file(f).strip().splitlines()) < 2:
-            raise ValueError(f"Data {f} holds no rows (a header at most).")
+        for f in files:
+            if not _has_rows(f):
+                raise ValueError(f"Data {f} holds no rows (a header at most).")
     try:
-        dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", **options)
+        dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", streaming=streaming, **options)
     except Exception as error:
+        if _TABLES[suffix] == "json":
+            for f in files:
+                _check_json_records(f)
         raise ValueError(f"Cannot read {source} as {_TABLES[suffix]}: {error}") from error
-    if len(dataset) == 0:
+    if not streaming and len(dataset) == 0:
         raise ValueError(f"Data {source} holds no rows.")
     return dataset
+
+
+def _has_rows(path: str) -> bool:
+    """Whether a CSV / TSV file has a line after its header (read no further than that)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = (line for line in file if line.strip())
+            return next(lines, None) is not None and next(lines, None) is not None
+    except UnicodeDecodeError:
+        read_text_file(path)  # raises, naming the byte
+        raise
 
 
 def _check_json_records(path: str) -> None:
@@ -121,84 +105,6 @@ def _check_json_records(path: str) -> None:
         if not isinstance(record, dict):
             raise ValueError(f"{path} is not a list of records: record {number} is a JSON {type(record).__name__}, "
                              "not an object of fields.")
-
-
-def _require_text(dataset: Dataset, text_column: str, source: str) -> Dataset:
-    if text_column not in dataset.column_names:
-        raise ValueError(
-            f"Corpus {source} has no {text_column!r} column; its columns are {dataset.column_names}. "
-            "Name the text column with text_column."
-        )
-    dataset = dataset.select_columns([text_column])
-    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
-
-
-def build_lm_dataset(
-    dataset: Dataset,
-    tokenizer,
-    max_length: int,
-    stride: int | None = None,
-    validation_fraction: float = 0.1,
-    seed: int | None = None,
-    num_proc: int | None = None,
-) -> DatasetDict:
-    """Windows of `max_length` tokens for next-token prediction, as the book's `GPTDatasetV1`.
-
-    Documents are tokenized (`map(batched=True)`) and joined with `<|endoftext|>` into one stream,
-    shuffled first when `seed` is given. The last `validation_fraction` of the stream is held out,
-    so no window straddles the two splits. Windows start at 0, stride, 2*stride, ... of each split
-    and hold exactly `max_length` tokens (a short tail is dropped); `stride == max_length` (the
-    default) means no overlap. Columns: `input_ids` and `labels` (equal: the model shifts).
-    Every step is cached by datasets' fingerprint.
-    """
-    stride = max_length if stride is None else stride
-    for name, value in (("max_length", max_length), ("stride", stride)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r} is invalid: {name} must be a positive integer.")
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation_fraction={validation_fraction} is invalid: it must be in [0, 1).")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
-    if len(dataset) == 0:
-        raise ValueError("The corpus has no documents.")
-    if seed is not None:
-        dataset = dataset.shuffle(seed=seed)
-    eos = tokenizer.eos_token_id
-
-    def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [doc + [eos] for doc in ids]}
-
-    tokens = dataset.map(tokenize, batched=True, num_proc=num_proc, remove_columns=dataset.column_names,
-                         desc="Tokenizing")
-    total = sum(len(ids) for ids in tokens["input_ids"])
-    validation_tokens = int(total * validation_fraction)
-    splits = {"train": (0, total - validation_tokens, stride)}
-    if validation_fraction > 0:
-        splits["validation"] = (total - validation_tokens, total, max_length)  # each token scored once
-
-    result = {}
-    for split, (start, end, split_stride) in splits.items():
-        if end - start < max_length:
-            raise ValueError(
-                f"The {split} split has {end - start} tokens, fewer than one window of max_length={max_length}: "
-                "use more text, a smaller max_length or a smaller validation_fraction."
-            )
-        result[split] = tokens.map(
-            _cut_windows,
-            batched=True,
-            batch_size=None,  # one stream: windows may cross document boundaries, as in the book
-            remove_columns=["input_ids"],
-            fn_kwargs={"start": start, "end": end, "max_length": max_length, "stride": split_stride},
-            desc=f"Cutting {split} windows",
-        )
-    return DatasetDict(result)
-
-
-def _cut_windows(batch, start, end, max_length, stride):
-    stream = [token for doc in batch["input_ids"] for token in doc][start:end]
-    windows = [stream[i : i + max_length] for i in range(0, len(stream) - max_length + 1, stride)]
-    return {"input_ids": windows, "labels": windows}
 
 
 def load_labelled(source: str | os.PathLike, text_column: str = "text", label_column: str = "label") -> Dataset:

@@ -47,14 +47,14 @@ def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None
 
 
 def write_pretraining_card(output_dir: Path, *, model_name, model, data, dataset_sizes, max_length, stride,
-                           training_args, metrics, tokens_seen, wall_seconds) -> ModelCard:
+                           training_args, metrics, tokens_seen, wall_seconds, streamed=False) -> ModelCard:
     """Write `README.md` for a pretrained model: shape, data, hyper-parameters, results, how to load."""
     hyperparameters = {"steps": training_args.max_steps, "tokens seen": f"{tokens_seen:,}",
                        **_optimisation(training_args, wall_seconds)}
     return _write_card(
         output_dir, "pretrain.md", "text-generation", model=model, model_name=model_name, data=data,
         metrics=metrics, hyperparameters=hyperparameters, dataset_sizes=dataset_sizes, max_length=max_length,
-        stride=stride,
+        stride=stride, streamed=streamed,
     )
 
 

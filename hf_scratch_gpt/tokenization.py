@@ -2,15 +2,21 @@
 so they save with `save_pretrained` and load with `AutoTokenizer`; and the instruction prompt (chapter 7)
 as a chat template."""
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
+# GPT-2's BPE, identified by the sha256 of its tokens in id order and its merges (`_bpe_fingerprint`), and the
+# pre-tokenizer regex of byte-level BPE: what `batch_encoder` needs to hand GPT-2's vocabulary to tiktoken.
+GPT2_BPE_SHA256 = "0f8c9d6ae8900a28603a84f9c4be747822b43891146b9d76e7d3faf936c34c0b"
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 UNKNOWN = "<|unk|>"
 
 ALPACA_PREAMBLE = (
@@ -152,3 +158,56 @@ def read_text_file(path: str | os.PathLike) -> str:
         raise ValueError(
             f"{path} is not UTF-8 text: byte {error.start} is 0x{data[error.start]:02x}; convert it to UTF-8."
         ) from None
+
+
+def batch_encoder(tokenizer) -> Callable[[list[str]], list[np.ndarray]]:
+    """A function from texts to their token ids, exactly those of `tokenizer(texts, add_special_tokens=False)`.
+
+    GPT-2's own BPE goes through tiktoken, the encoder its authors wrote for it: the same ids (tested), about
+    4x faster than `tokenizers` per core, which is what preparing a corpus of gigabytes waits on. Any other
+    tokenizer (or GPT-2's without tiktoken installed) goes through the tokenizer itself.
+    """
+    fast = _tiktoken_gpt2(tokenizer)
+    if fast is not None:
+        return lambda texts: [fast.encode_to_numpy(text, allowed_special="all") for text in texts]
+    return lambda texts: [np.asarray(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _tiktoken_gpt2(tokenizer):
+    """tiktoken's encoder of this tokenizer when it is GPT-2's byte-level BPE (any added tokens split out as
+    `tokenizers` splits them), else None."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    model = spec["model"]
+    plain = (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space")
+             and pre.get("use_regex", True) and model.get("type") == "BPE" and model.get("dropout") is None)
+    added = tokenizer.added_tokens_decoder
+    if not plain or any(t.lstrip or t.rstrip or t.single_word for t in added.values()):
+        return None
+    if _bpe_fingerprint(model) != GPT2_BPE_SHA256:
+        return None
+    byte_of = {char: byte for byte, char in _byte_level_alphabet().items()}
+    ranks = {bytes(byte_of[c] for c in token): rank for token, rank in model["vocab"].items() if rank not in added}
+    return tiktoken.Encoding("gpt2-bpe", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={t.content: i for i, t in added.items()})
+
+
+def _bpe_fingerprint(model: dict) -> str:
+    tokens = "\n".join(token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]))
+    merges = "\n".join(m if isinstance(m, str) else " ".join(m) for m in model["merges"])
+    return hashlib.sha256(f"{tokens}\0{merges}".encode()).hexdigest()
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """Byte-level BPE's printable stand-in for each byte: printable Latin-1 bytes stand for themselves, the
+    others (controls, space, ...) take the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    others = (b for b in range(256) if b not in printable)
+    return {**{b: chr(b) for b in printable}, **{b: chr(0x100 + n) for n, b in enumerate(others)}}

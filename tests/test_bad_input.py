@@ -17,12 +17,11 @@ from hf_scratch_gpt.data import (
     InstructionCollator,
     build_classification_dataset,
     build_instruction_dataset,
-    build_lm_dataset,
-    load_corpus,
     load_instructions,
     load_labelled,
     split_dataset,
 )
+from hf_scratch_gpt.corpus import build_lm_dataset, load_corpus
 from hf_scratch_gpt.loading import load_model, load_tokenizer
 from hf_scratch_gpt.recipes import (
     ClassificationArguments,

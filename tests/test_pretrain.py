@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.cli import main
-from hf_scratch_gpt.data import build_lm_dataset, load_corpus
+from hf_scratch_gpt.corpus import build_lm_dataset, load_corpus
 from hf_scratch_gpt.recipes import DataArguments, ModelArguments, PretrainingArguments, pretrain
 
 TEXT = "".join(f"Line {i}: every effort moves you, said the painter to the critic.\n" for i in range(120))
@@ -53,7 +53,7 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     assert isinstance(model, ScratchGPTForCausalLM) and len(tokenizer) == model.config.vocab_size
     validation = build_lm_dataset(load_corpus(corpus), tokenizer, 32, 16)["validation"]
     with torch.no_grad():
-        ids = torch.tensor(validation["input_ids"])
+        ids = torch.tensor(validation[:]["input_ids"])
         loss = model(ids, labels=ids).loss.item()
     assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)

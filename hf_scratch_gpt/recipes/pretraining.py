@@ -4,17 +4,19 @@ import dataclasses
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
-from ..data import PYTHON_DOCS, build_lm_dataset, load_corpus
+from ..corpus import PYTHON_DOCS, TOKEN_DTYPES, StreamedWindows, build_lm_dataset, load_corpus, stream_lm_dataset
 from ..hub import write_pretraining_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
@@ -91,7 +93,21 @@ class DataArguments:
     sample_prompt: str = field(
         default="Every effort moves you", metadata={"help": "Prompt of the sample printed at each evaluation."}
     )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (default: every core for a large corpus)."})
+    token_dtype: Literal[TOKEN_DTYPES] | None = field(
+        default=None, metadata={"help": "Integer type of stored tokens (default: the smallest that holds them)."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Stream the corpus and cut windows on the fly (for corpora larger than the disk, or from the Hub)."})
+    validation_documents: int = field(
+        default=100, metadata={"help": "With --streaming: held-out documents (the first of the stream)."})
+
+    def __post_init__(self):
+        if self.streaming and self.shuffle_seed is not None:
+            raise ValueError("--shuffle_seed does not apply to --streaming: a stream is read in its order (shuffle "
+                             "its files beforehand, or prepare the corpus without --streaming).")
+        if self.validation_documents < 0:
+            raise ValueError(f"--validation_documents={self.validation_documents} is invalid: it must be >= 0.")
 
 
 @dataclass
@@ -100,6 +116,8 @@ class PretrainingArguments(RecipeTrainingArguments):
     decay after a short warmup, fused AdamW, an evaluation and a checkpoint every 100 steps, the best kept."""
 
     output_dir: str | None = field(default="scratch-gpt", metadata={"help": "Where the model and checkpoints go."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the windows' `start` column: their tokens are read from it."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
     max_steps: int = field(default=600, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
@@ -141,13 +159,87 @@ class SampleCallback(TrainerCallback):
             print(f"\n[step {state.global_step}] {processing_class.decode(output[0], skip_special_tokens=True)!r}")
 
 
+class DataWaitCallback(TrainerCallback):
+    """Times the share of training spent between steps, which is where the next batch is drawn (windows sliced
+    from the token stream, or streamed and tokenized); `LanguageModelTrainer` logs it as `data_wait_share`."""
+
+    def __init__(self):
+        self.step_ended = self.waited = self.total = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step_ended, self.waited, self.total = time.perf_counter(), 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = time.perf_counter()
+        self.waited += self.step_began - self.step_ended
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.total += now - self.step_ended
+        self.step_ended = now
+
+    def take_share(self) -> float | None:
+        """The share since the last call."""
+        share = self.waited / self.total if self.total else None
+        self.waited = self.total = 0.0
+        return share
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.step_ended = time.perf_counter()  # evaluating and saving are not waiting for data
+
+    on_save = on_evaluate
+
+
+class StreamStateCallback(TrainerCallback):
+    """Save, with each checkpoint, where each process's stream of windows is (`StreamedWindows.state_dict`), so
+    that a resumed run goes on from there instead of reading the stream again from its start."""
+
+    def __init__(self, windows: StreamedWindows):
+        self.windows = windows
+
+    def on_save(self, args, state, control, **kwargs):
+        consumed = state.global_step * args.gradient_accumulation_steps * args.per_device_train_batch_size
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (checkpoint / stream_state_name(args.process_index)).write_text(json.dumps(self.windows.state_dict(consumed)))
+
+
+def stream_state_name(process_index: int) -> str:
+    return f"stream_state-{process_index}.json"
+
+
 class LanguageModelTrainer(Trainer):
-    """Trainer that also logs perplexity, exp(loss), next to every evaluation loss."""
+    """Trainer that also logs perplexity, exp(loss), next to every evaluation loss, and the data-wait share next
+    to every training loss, and that lets each process read its own streamed windows."""
+
+    def __init__(self, *args, stream_checkpoint: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_wait = DataWaitCallback()
+        self.add_callback(self.data_wait)
+        self.stream_checkpoint = stream_checkpoint
+
+    def get_batch_samples(self, *args, **kwargs):
+        """A resumed stream goes on where it was (`ignore_data_skip`), and Trainer restores the random state
+        (dropout) only after batches it skips: restore it where Trainer would have, after the first batches."""
+        batches = super().get_batch_samples(*args, **kwargs)
+        if self.stream_checkpoint is not None:
+            self._load_rng_state(self.stream_checkpoint)
+            self.stream_checkpoint = None
+        return batches
 
     def log(self, logs, *args, **kwargs):
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        if "loss" in logs and (share := self.data_wait.take_share()) is not None:
+            logs["data_wait_share"] = round(share, 5)
         super().log(logs, *args, **kwargs)
+
+    def get_train_dataloader(self):
+        """Streamed windows are already split among the processes (`split_dataset_by_node`): accelerate's own
+        sharding (or dispatching from process 0) would split them again, so they get a plain DataLoader."""
+        if not isinstance(self.train_dataset, StreamedWindows):
+            return super().get_train_dataloader()
+        return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                          pin_memory=self.args.dataloader_pin_memory)
 
 
 def pretrain(
@@ -161,7 +253,8 @@ def pretrain(
     The output folder ends up holding the model (safetensors, config, code files, generation
     config), the tokenizer, `loss.png`, `run.yaml` and a `README.md` model card; checkpoints go beside them.
     Everything that can be checked is checked before anything is written. `--resume_from_checkpoint
-    last` (or a checkpoint folder) continues an interrupted run exactly; `callbacks` join Trainer's.
+    last` (or a checkpoint folder) continues an interrupted run exactly, a streamed corpus where each
+    process's stream left off; `callbacks` join Trainer's.
     """
     model_args = model_args or ModelArguments()
     data_args = data_args or DataArguments()
@@ -170,8 +263,10 @@ def pretrain(
         # A resumed run continues the model and tokenizer its checkpoint holds.
         model_source = model_args.model_name_or_path or run.checkpoint
         config = load_config(model_source) if model_source else None  # before its tokenizer is looked at
-        corpus = load_corpus(data_args.data, data_args.text_column)
         tokenizer_source = model_args.tokenizer_name_or_path or model_source
+        if data_args.streaming:
+            _check_streaming(training_args, tokenizer_source)
+        corpus = load_corpus(data_args.data, data_args.text_column, data_args.streaming)
         if tokenizer_source:
             tokenizer = load_tokenizer(tokenizer_source, config=config if tokenizer_source == model_source else None)
         else:
@@ -190,15 +285,28 @@ def pretrain(
                 f"max_length={max_length} is longer than the model's context_length={config.context_length}."
             )
         _check_no_other_model(run.output_dir, config)
-        with training_args.main_process_first(desc="tokenizing and windowing"):  # other ranks read datasets' cache
-            datasets = build_lm_dataset(
-                corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction, data_args.shuffle_seed,
-                data_args.num_proc,
-            )
+        callbacks = [SampleCallback(data_args.sample_prompt), *(callbacks or [])]
+        trainer_options = {}
+        if data_args.streaming:
+            train, validation = stream_lm_dataset(
+                corpus, tokenizer, max_length, data_args.stride, data_args.validation_documents,
+                training_args.process_index, training_args.world_size, data_args.token_dtype)
+            datasets = {"train": train, **({"validation": validation} if validation is not None else {})}
+            if run.checkpoint:
+                train.load_state_dict(_stream_state(run.checkpoint, training_args))
+                run.trainer_args.ignore_data_skip = True  # the stream goes on where it was, nothing to pass over
+                trainer_options["stream_checkpoint"] = run.checkpoint
+            callbacks.append(StreamStateCallback(train))
+        else:
+            with training_args.main_process_first(desc="tokenizing and windowing"):  # others read datasets' cache
+                datasets = build_lm_dataset(
+                    corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction,
+                    data_args.shuffle_seed, data_args.num_proc, data_args.token_dtype,
+                )
         tokenizer.model_max_length = config.context_length
 
-        trainer = run.trainer(model, datasets, tokenizer, default_data_collator,
-                              [SampleCallback(data_args.sample_prompt), *(callbacks or [])], LanguageModelTrainer)
+        trainer = run.trainer(model, datasets, tokenizer, default_data_collator, callbacks, LanguageModelTrainer,
+                              **trainer_options)
         _check_the_model_can_be_gathered(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
         metrics = trainer.evaluate() if "validation" in datasets else {}
@@ -212,13 +320,35 @@ def pretrain(
             tokenizer.save_pretrained(staging)
             write_pretraining_card(
                 staging, model_name=run.output_dir.name, model=model, data=data_args.data,
-                dataset_sizes={split: len(d) for split, d in datasets.items()}, max_length=max_length,
+                dataset_sizes={split: len(d) for split, d in datasets.items() if split != "train" or not
+                               data_args.streaming}, streamed=data_args.streaming, max_length=max_length,
                 stride=data_args.stride or max_length, training_args=training_args, metrics=metrics,
                 tokens_seen=trainer.state.global_step * tokens_per_step, wall_seconds=run.seconds,
             )
 
         run.save(trainer, write_files, metrics, "eval_results.json", tokens_per_step)
     return metrics
+
+
+def _check_streaming(training_args, tokenizer_source) -> None:
+    """What a streamed corpus needs, refused before anything is read."""
+    if training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs in.")
+    if training_args.dataloader_num_workers:
+        raise ValueError("--streaming reads the stream in the training process, where its position is saved with "
+                         "each checkpoint: leave --dataloader_num_workers at 0.")
+    if not tokenizer_source:
+        raise ValueError("--streaming needs a tokenizer (--tokenizer_name_or_path, or --model_name_or_path): "
+                         "training one would read the whole stream first.")
+
+
+def _stream_state(checkpoint: str, training_args) -> dict:
+    """Where this process's stream was when `checkpoint` was saved."""
+    path = Path(checkpoint) / stream_state_name(training_args.process_index)
+    if not path.is_file():
+        raise ValueError(f"{checkpoint} holds no {path.name}: it was not saved by a --streaming run on "
+                         f"{training_args.world_size} process(es); resume it as it was run.")
+    return json.loads(path.read_text())
 
 
 def _check_the_model_can_be_gathered(trainer) -> None:

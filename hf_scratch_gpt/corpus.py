@@ -1,0 +1,371 @@
+"""Pretraining corpora (chapter 2) of any size, sampled with `datasets`.
+
+A corpus is read by `datasets` (`load_corpus`), tokenized once into its Arrow cache as the smallest integer type
+that holds the vocabulary (`tokenize_corpus`: 2 bytes a token for GPT-2, against ~36 for a Python int), and read
+back as one stream of tokens in place (`TokenStream`). A training window is only a start offset into that
+stream: its tokens are sliced out when a batch is drawn (`build_lm_dataset`), so memory does not grow with the
+corpus. A corpus larger than the disk, or one straight from the Hub, is streamed instead and cut into windows
+on the fly (`stream_lm_dataset`), resumably.
+"""
+
+import codecs
+import collections
+import copy
+import hashlib
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets.distributed import split_dataset_by_node
+
+from .data import _data_files, _load_hub, _read_tables
+from .tokenization import batch_encoder
+
+logger = logging.getLogger(__name__)
+
+PYTHON_DOCS = "python-docs"
+TOKEN_DTYPES = ("uint16", "uint32")
+_BIG_CORPUS = 32 * 2**20  # bytes of text from which tokenizing in every core pays for starting the processes
+
+
+def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "text", streaming: bool = False
+                ) -> Dataset | IterableDataset:
+    """A `Dataset` with one document per row in a `text` column (an `IterableDataset` when `streaming`).
+
+    `source` is `"python-docs"` (Python's bundled documentation: offline, everywhere), a text file,
+    a folder or glob of them (`.txt` files are whole documents; rows of `.tsv`/`.csv`/`.json(l)`/`.parquet`
+    files give `text_column`), or, with network, a Hub dataset name (its `train` split). Files are read by
+    `datasets` into its cache (or streamed), never whole into Python.
+    """
+    if str(source) == PYTHON_DOCS:
+        from pydoc_data.topics import topics
+
+        corpus = Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
+        return corpus.to_iterable_dataset() if streaming else corpus
+    files = _data_files(source, "Corpus")
+    if files is None:
+        corpus = _load_hub(source, "Corpus", streaming)
+    elif {Path(f).suffix.lower() for f in files} <= {".txt", ".text", ".md", ""}:
+        for f in files:
+            _check_utf8(f)
+        corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
+        text_column = "text"  # a file is a document
+    else:
+        corpus = _read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
+    corpus = _require_text(corpus, text_column, str(source))
+    if not streaming and not any(text.strip() for batch in corpus.iter(batch_size=1000) for text in batch["text"]):
+        raise ValueError(f"Corpus {source} is empty: its {len(files or [])} file(s) hold no text.")
+    return corpus
+
+
+def _check_utf8(path: str, block: int = 2**20) -> None:
+    """Our clear error for a text file that is not UTF-8 (naming the file and byte), read a block at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                bad = offset + error.start - len(decoder.getstate()[0])
+                raise ValueError(f"{path} is not UTF-8 text: byte {bad} is 0x{error.object[error.start]:02x}; "
+                                 "convert it to UTF-8.") from None
+            if not data:
+                return
+            offset += len(data)
+
+
+def _require_text(corpus, text_column: str, source: str):
+    columns = corpus.column_names
+    if columns is None:  # a stream that does not say its columns: its first document does
+        first = next(iter(corpus.take(1)), None)
+        if first is None:
+            raise ValueError(f"Corpus {source} is empty: the stream holds no documents.")
+        columns = list(first)
+    if text_column not in columns:
+        raise ValueError(f"Corpus {source} has no {text_column!r} column; its columns are {columns}. "
+                         "Name the text column with text_column.")
+    corpus = corpus.select_columns([text_column])
+    return corpus.rename_column(text_column, "text") if text_column != "text" else corpus
+
+
+def storage_dtype(tokenizer, name: str | None = None) -> np.dtype:
+    """The integer type tokens are stored in: `name`, or the smallest that holds every id of the tokenizer."""
+    size = len(tokenizer)
+    if name is None:
+        name = "uint16" if size <= 2**16 else "uint32"
+    if name not in TOKEN_DTYPES:
+        raise ValueError(f"token_dtype={name!r} is invalid: use one of {list(TOKEN_DTYPES)}.")
+    if size - 1 > np.iinfo(name).max:
+        raise ValueError(f"The tokenizer has {size} tokens, and {name} holds ids up to {np.iinfo(name).max}: "
+                         "use token_dtype='uint32'.")
+    return np.dtype(name)
+
+
+class _DocumentTokens:
+    """The `Dataset.map` function of `tokenize_corpus`: Arrow batches of texts to lists of their ids, each ended
+    with the end-of-text token. It pickles as its tokenizer and type (datasets hashes it for the cache and sends
+    it to worker processes); the encoder is made where it runs."""
+
+    def __init__(self, tokenizer, dtype: str):
+        self.tokenizer, self.dtype = tokenizer, dtype
+
+    def __getstate__(self):
+        return {"tokenizer": self.tokenizer, "dtype": self.dtype}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    @cached_property
+    def encode(self):
+        return batch_encoder(self.tokenizer)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = self.encode(batch.column("text").to_pylist())
+        eos = np.array([self.tokenizer.eos_token_id], dtype=self.dtype)
+        values = np.concatenate([part for doc in ids for part in (doc, eos)]).astype(self.dtype, copy=False)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(doc) + 1 for doc in ids], out=offsets[1:])
+        return pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, values)})
+
+
+def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dtype: str | None = None) -> Dataset:
+    """Every document's token ids followed by `<|endoftext|>`, in an `input_ids` column of `storage_dtype`.
+
+    Written once to datasets' cache (file corpora; a second call with the same corpus and tokenizer reads it
+    back in a moment). `num_proc` defaults to every core for corpora past a few tens of MB.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
+    dtype = storage_dtype(tokenizer, dtype).name
+    if num_proc is None:
+        num_proc = os.cpu_count() if corpus.data.nbytes >= _BIG_CORPUS and len(corpus) > 1 else None
+    megabytes = corpus.data.nbytes / 2**20
+    return corpus.with_format("arrow").map(
+        _DocumentTokens(tokenizer, dtype), batched=True, num_proc=num_proc, remove_columns=corpus.column_names,
+        desc=f"Tokenizing {len(corpus):,} documents ({megabytes:,.0f} MB)").with_format(None)
+
+
+class TokenStream:
+    """The tokens of a tokenized corpus (`tokenize_corpus`) as one sequence, read in place.
+
+    Each Arrow record batch's document lists flatten, without a copy, into a numpy view of datasets' (memory-
+    mapped) cache, so slicing out a window copies only that window. It pickles as the dataset, which datasets
+    pickles as the paths of its cache files: DataLoader workers map the same files.
+    """
+
+    def __init__(self, tokens: Dataset):
+        if tokens._indices is not None:
+            tokens = tokens.flatten_indices()
+        self.tokens = tokens
+
+    def __getstate__(self):
+        return {"tokens": self.tokens}
+
+    def __setstate__(self, state):
+        self.tokens = state["tokens"]
+
+    @cached_property
+    def _pieces(self) -> tuple[list[np.ndarray], np.ndarray]:
+        pieces = [chunk.flatten().to_numpy() for chunk in self.tokens.data.column("input_ids").chunks]
+        pieces = [piece for piece in pieces if len(piece)] or [np.zeros(0, dtype=np.uint16)]
+        return pieces, np.cumsum([0] + [len(piece) for piece in pieces])
+
+    def __len__(self) -> int:
+        return int(self._pieces[1][-1])
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        pieces, starts = self._pieces
+        start, stop, _ = window.indices(len(self))
+        first = np.searchsorted(starts, start, side="right") - 1
+        last = np.searchsorted(starts, stop, side="left")
+        parts = [pieces[i][max(start - starts[i], 0) : stop - starts[i]] for i in range(first, max(last, first + 1))]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Windows:
+    """The format transform of `build_lm_dataset`: rows that hold a window's start read as its tokens."""
+
+    def __init__(self, stream: TokenStream, max_length: int):
+        self.stream, self.max_length = stream, max_length
+
+    def __call__(self, batch: dict) -> dict:
+        windows = [self.stream[start : start + self.max_length].tolist() for start in batch["start"]]
+        return {"input_ids": windows, "labels": windows}
+
+
+def windows_of(stream: TokenStream, start: int, end: int, max_length: int, stride: int) -> Dataset:
+    """The windows of `stream[start:end]` as the book's `GPTDatasetV1` cuts them: at start, start + stride, ...,
+    each `max_length` tokens, a short tail dropped. Rows store the start; they read as `input_ids` and `labels`
+    (equal: the model shifts), so training with `Trainer` needs `remove_unused_columns=False`."""
+    starts = np.arange(start, end - max_length + 1, stride, dtype=np.int64)
+    return Dataset.from_dict({"start": starts}).with_transform(_Windows(stream, max_length))
+
+
+def _check_window(max_length, stride) -> None:
+    for name, value in (("max_length", max_length), ("stride", stride)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} is invalid: {name} must be a positive integer.")
+
+
+def build_lm_dataset(
+    dataset: Dataset,
+    tokenizer,
+    max_length: int,
+    stride: int | None = None,
+    validation_fraction: float = 0.1,
+    seed: int | None = None,
+    num_proc: int | None = None,
+    token_dtype: str | None = None,
+) -> DatasetDict:
+    """Windows of `max_length` tokens for next-token prediction, as the book's `GPTDatasetV1`.
+
+    Documents are tokenized (`tokenize_corpus`) and joined with `<|endoftext|>` into one stream,
+    shuffled first when `seed` is given. The last `validation_fraction` of the stream is held out,
+    so no window straddles the two splits. Windows start at 0, stride, 2*stride, ... of each split
+    and hold exactly `max_length` tokens (a short tail is dropped); `stride == max_length` (the
+    default) means no overlap. Rows read as `input_ids` and `labels` (equal: the model shifts), sliced
+    from the token stream when they are read (`windows_of`).
+    """
+    stride = max_length if stride is None else stride
+    _check_window(max_length, stride)
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction} is invalid: it must be in [0, 1).")
+    if len(dataset) == 0:
+        raise ValueError("The corpus has no documents.")
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed)
+    stream = TokenStream(tokenize_corpus(dataset, tokenizer, num_proc, token_dtype))
+    total = len(stream)
+    validation_tokens = int(total * validation_fraction)
+    splits = {"train": (0, total - validation_tokens, stride)}
+    if validation_fraction > 0:
+        splits["validation"] = (total - validation_tokens, total, max_length)  # each token scored once
+    for split, (start, end, _) in splits.items():
+        if end - start < max_length:
+            raise ValueError(
+                f"The {split} split has {end - start} tokens, fewer than one window of max_length={max_length}: "
+                "use more text, a smaller max_length or a smaller validation_fraction."
+            )
+    return DatasetDict({split: windows_of(stream, *bounds, max_length, split_stride)
+                        for split, (*bounds, split_stride) in splits.items()})
+
+
+class StreamedWindows(torch.utils.data.IterableDataset):
+    """Training windows cut on the fly from a stream of tokenized documents, with the book's stride semantics
+    across documents (a carry-over buffer), resumable where a checkpoint left off.
+
+    `state_dict(consumed)` says how to go on after the first `consumed` windows: the documents stream's own
+    `state_dict()` (datasets) after the document that completed a window at or before that point, the tokens
+    carried over, and how many windows to pass over. The DataLoader reads ahead of training, so the last
+    `keep` of these snapshots are kept. Windows are counted across passes over the stream.
+    """
+
+    def __init__(self, documents: IterableDataset, max_length: int, stride: int, keep: int = 4096):
+        self.documents, self.max_length, self.stride = documents, max_length, stride
+        self._resume = None
+        self._emitted = 0  # windows of the passes before this one
+        self._snapshots = collections.deque([self._start_of_pass()], maxlen=keep)
+
+    def _start_of_pass(self) -> dict:
+        return {"emitted": self._emitted, "documents": None, "buffer": [], "position": 0, "pass_over": 0}
+
+    def __iter__(self):
+        state, self._resume = self._resume or self._start_of_pass(), None
+        documents = copy.deepcopy(self.documents)  # a state loaded into it would also restart later passes
+        if state["documents"] is not None:
+            documents.load_state_dict(state["documents"])
+        emitted, position, pass_over = state["emitted"], state["position"], state["pass_over"]
+        buffer = np.asarray(state["buffer"], dtype=np.int64)
+        self._snapshots = collections.deque([{**state, "pass_over": 0, "emitted": emitted}],
+                                            maxlen=self._snapshots.maxlen)
+        seen = 0
+        for document in documents:
+            seen += 1
+            buffer = np.concatenate([buffer, document["input_ids"]])
+            if position + self.max_length > len(buffer):
+                continue
+            self._snapshots.append({"emitted": emitted, "documents": documents.state_dict(),
+                                    "buffer": buffer.tolist(), "position": position, "pass_over": 0})
+            while position + self.max_length <= len(buffer):
+                window = buffer[position : position + self.max_length].tolist()
+                position += self.stride
+                emitted += 1
+                if pass_over:
+                    pass_over -= 1
+                    continue
+                self._emitted = emitted
+                yield {"input_ids": window, "labels": window}
+            dropped = min(position, len(buffer))
+            buffer, position = buffer[dropped:], position - dropped
+        if emitted == 0:
+            raise ValueError(f"The streamed corpus ended after {seen} document(s) ({len(buffer)} tokens) without "
+                             f"one window of max_length={self.max_length}: stream more text or use a smaller "
+                             "max_length.")
+        self._emitted = emitted
+
+    def state_dict(self, consumed: int) -> dict:
+        """Where to go on after the first `consumed` windows (counted from the start of training)."""
+        usable = [s for s in self._snapshots if s["emitted"] <= consumed]
+        if not usable:
+            raise RuntimeError(f"No record of the stream at window {consumed}: the DataLoader read further ahead "
+                               f"than the {self._snapshots.maxlen} windows kept.")
+        return {**usable[-1], "pass_over": consumed - usable[-1]["emitted"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from `state` (of `state_dict`) when next iterated."""
+        self._resume = state
+
+
+def stream_lm_dataset(
+    corpus: IterableDataset,
+    tokenizer,
+    max_length: int,
+    stride: int | None = None,
+    validation_documents: int = 100,
+    rank: int = 0,
+    world_size: int = 1,
+    token_dtype: str | None = None,
+) -> tuple[StreamedWindows, Dataset | None]:
+    """Training windows streamed from `corpus` (`load_corpus(..., streaming=True)`), and validation windows.
+
+    The first `validation_documents` documents of the stream are held out (read once, tokenized and cut into
+    non-overlapping windows); training passes over them wherever they appear (matched by content), so the two
+    never share a document. Each of `world_size` processes reads its own part of the stream
+    (`split_dataset_by_node`: whole shards when their number divides among the processes, else every
+    `world_size`-th document) and cuts its documents as `build_lm_dataset` cuts the whole corpus.
+    """
+    stride = max_length if stride is None else stride
+    _check_window(max_length, stride)
+    if not isinstance(validation_documents, int) or validation_documents < 0:
+        raise ValueError(f"validation_documents={validation_documents!r} is invalid: give a count of documents.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
+    encode = _DocumentTokens(tokenizer, storage_dtype(tokenizer, token_dtype).name)
+    validation = None
+    held_out = set()
+    if validation_documents:
+        texts = [row["text"] for row in corpus.take(validation_documents)]
+        held_out = {_digest(text) for text in texts}
+        stream = TokenStream(Dataset.from_dict({"text": texts}).with_format("arrow").map(
+            encode, batched=True, remove_columns=["text"]).with_format(None))
+        if len(stream) < max_length:
+            raise ValueError(f"The validation split (the first {len(texts)} streamed documents) has {len(stream)} "
+                             f"tokens, fewer than one window of max_length={max_length}: hold out more documents "
+                             "(validation_documents) or use a smaller max_length.")
+        validation = windows_of(stream, 0, len(stream), max_length, max_length)
+        corpus = corpus.filter(lambda batch: [_digest(t) not in held_out for t in batch["text"]], batched=True)
+    if world_size > 1:
+        corpus = split_dataset_by_node(corpus, rank=rank, world_size=world_size)
+    documents = corpus.with_format("arrow").map(encode, batched=True, remove_columns=["text"]).with_format("numpy")
+    return StreamedWindows(documents, max_length, stride), validation
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
