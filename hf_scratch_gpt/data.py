@@ -64,6 +64,10 @@ def _read_tables(source, files: list[str], also: str | None = None, streaming: b
         for f in files:
             if not _has_rows(f):
                 raise ValueError(f"Data {f} holds no rows (a header at most).")
+    elif _TABLES[suffix] == "json":
+        for f in files:
+            if not _starts_with_a_record_line(f):  # datasets reads a list of numbers as a column of them
+                _check_json_records(f)
     try:
         dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", streaming=streaming, **options)
     except Exception as error:
@@ -74,6 +78,17 @@ def _read_tables(source, files: list[str], also: str | None = None, streaming: b
     if not streaming and len(dataset) == 0:
         raise ValueError(f"Data {source} holds no rows.")
     return dataset
+
+
+def _starts_with_a_record_line(path: str) -> bool:
+    """Whether a JSON file is JSON Lines whose first line is a record: a file datasets reads one line at a time,
+    and, when a later line is broken, fails on (JSON lists are read whole anyway, and checked whole here)."""
+    with open(path, "rb") as file:
+        line = next((line for line in file if line.strip()), b"")
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _has_rows(path: str) -> bool:
