@@ -11,10 +11,13 @@ on the fly (`stream_lm_dataset`), resumably.
 import codecs
 import collections
 import copy
+import ctypes
+import functools
 import hashlib
-import logging
+import mmap
 import os
-from functools import cached_property
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,6 @@ from datasets.distributed import split_dataset_by_node
 
 from .data import _data_files, _load_hub, _read_tables
 from .tokenization import batch_encoder
-
-logger = logging.getLogger(__name__)
 
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
@@ -110,19 +111,21 @@ def storage_dtype(tokenizer, name: str | None = None) -> np.dtype:
 
 class _DocumentTokens:
     """The `Dataset.map` function of `tokenize_corpus`: Arrow batches of texts to lists of their ids, each ended
-    with the end-of-text token. It pickles as its tokenizer and type (datasets hashes it for the cache and sends
-    it to worker processes); the encoder is made where it runs."""
+    with the end-of-text token. It pickles as its tokenizer, type and the package's version (datasets hashes it to
+    name the cache, so a release that tokenizes differently does not read an older one's tokens, and sends it to
+    worker processes); the encoder is made where it runs. `page_out`: see `_page_out`."""
 
-    def __init__(self, tokenizer, dtype: str):
-        self.tokenizer, self.dtype = tokenizer, dtype
+    def __init__(self, tokenizer, dtype: str, page_out: bool = False):
+        self.tokenizer, self.dtype, self.page_out = tokenizer, dtype, page_out
 
     def __getstate__(self):
-        return {"tokenizer": self.tokenizer, "dtype": self.dtype}
+        return {"tokenizer": self.tokenizer, "dtype": self.dtype, "page_out": self.page_out,
+                "version": version("hf-scratch-gpt")}
 
     def __setstate__(self, state):
-        self.__init__(**state)
+        self.__init__(state["tokenizer"], state["dtype"], state["page_out"])
 
-    @cached_property
+    @functools.cached_property
     def encode(self):
         return batch_encoder(self.tokenizer)
 
@@ -132,7 +135,36 @@ class _DocumentTokens:
         values = np.concatenate([part for doc in ids for part in (doc, eos)]).astype(self.dtype, copy=False)
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum([len(doc) + 1 for doc in ids], out=offsets[1:])
+        if self.page_out:
+            _page_out(batch.column("text"))
         return pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, values)})
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+
+
+
+def _page_out(column: pa.ChunkedArray) -> None:
+    """Hand the pages of texts already tokenized back to the kernel (`madvise(MADV_PAGEOUT)`).
+
+    datasets reads its cache through a memory map, and the pages a process has read stay in its resident memory
+    until it exits: tokenizing a corpus would hold all of it, growing with the corpus (1 GB of text: 1 GB more).
+    Only whole pages inside the column's buffers are named, and the advice never changes what memory holds: a
+    file's clean pages are dropped (read again if touched), anything else stays.
+    """
+    if sys.platform != "linux":
+        return
+    for chunk in column.chunks:
+        for buffer in chunk.buffers():
+            if buffer is not None:
+                start = -(-buffer.address // mmap.PAGESIZE) * mmap.PAGESIZE
+                end = (buffer.address + buffer.size) // mmap.PAGESIZE * mmap.PAGESIZE
+                if end > start:
+                    _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dtype: str | None = None) -> Dataset:
@@ -147,8 +179,9 @@ def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dty
     if num_proc is None:
         num_proc = os.cpu_count() if corpus.data.nbytes >= _BIG_CORPUS and len(corpus) > 1 else None
     megabytes = corpus.data.nbytes / 2**20
+    memory_mapped = bool(corpus.cache_files) and corpus._indices is None  # batches are views of the cache files
     return corpus.with_format("arrow").map(
-        _DocumentTokens(tokenizer, dtype), batched=True, num_proc=num_proc, remove_columns=corpus.column_names,
+        _DocumentTokens(tokenizer, dtype, page_out=memory_mapped), batched=True, num_proc=num_proc, remove_columns=corpus.column_names,
         desc=f"Tokenizing {len(corpus):,} documents ({megabytes:,.0f} MB)").with_format(None)
 
 
@@ -171,7 +204,7 @@ class TokenStream:
     def __setstate__(self, state):
         self.tokens = state["tokens"]
 
-    @cached_property
+    @functools.cached_property
     def _pieces(self) -> tuple[list[np.ndarray], np.ndarray]:
         pieces = [chunk.flatten().to_numpy() for chunk in self.tokens.data.column("input_ids").chunks]
         pieces = [piece for piece in pieces if len(piece)] or [np.zeros(0, dtype=np.uint16)]

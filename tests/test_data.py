@@ -1,5 +1,6 @@
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,14 @@ import pyarrow as pa
 import pytest
 from datasets import Dataset, concatenate_datasets
 
-from hf_scratch_gpt.corpus import TokenStream, build_lm_dataset, load_corpus, storage_dtype, tokenize_corpus
+from hf_scratch_gpt.corpus import (
+    TokenStream,
+    _page_out,
+    build_lm_dataset,
+    load_corpus,
+    storage_dtype,
+    tokenize_corpus,
+)
 from hf_scratch_gpt.tokenization import END_OF_TEXT, _tiktoken_gpt2, batch_encoder, gpt2_tokenizer, train_tokenizer
 
 GPT2_FILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
@@ -187,3 +195,24 @@ def test_other_tokenizers_keep_their_own_encoding(chars):
 def test_windowing_bad_input(chars, options, message):
     with pytest.raises(ValueError, match=message):
         build_lm_dataset(Dataset.from_dict({"text": [ALPHABET]}), chars, **options)
+
+
+def _rss_file_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:"))) / 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_PAGEOUT) is Linux's")
+def test_tokenized_text_is_handed_back_to_the_kernel_unchanged(tmp_path):
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": f"{i:06d} " + "x" * 4000}) + "\n"
+                                                for i in range(8000)))
+    text = load_corpus(tmp_path / "big.jsonl").data.column("text")  # 32 MB, memory-mapped from datasets' cache
+    before = _rss_file_mb()
+    assert sum(len(b.to_pybytes()) for chunk in text.chunks for b in chunk.buffers() if b) > 32e6  # read it all
+    assert _rss_file_mb() > before + 25
+    _page_out(text)
+    assert _rss_file_mb() < before + 5
+    assert text[7999].as_py() == "007999 " + "x" * 4000  # read again from the file
+    in_memory = pa.chunked_array([pa.array(["y" * 100_000] * 50)])
+    _page_out(in_memory)  # not a file's pages: left as they are
+    assert in_memory[49].as_py() == "y" * 100_000
