@@ -264,3 +264,98 @@ def test_fsdp_shards_the_model_block_by_block(run_folders, tmp_path):
     script.write_text(FSDP_RUN)
     result = launch("torchrun", str(script), str(run_folders["pretrain"]), cwd=tmp_path)
     assert result.stdout.count("fsdp ok") == 2
+
+
+# pretrain on 2 processes, recording each rank's collated batches in order; killed (SIGKILL) after a given step.
+RECORDED_PRETRAIN = """
+import functools, json, os, signal, sys
+from transformers import TrainerCallback, default_data_collator
+from hf_scratch_gpt.cli import main
+from hf_scratch_gpt.recipes import pretraining
+
+records, kill_at = sys.argv[1], int(sys.argv[2])
+
+def recording(features):
+    with open(f"{records}/batches-rank{os.environ['RANK']}.jsonl", "a") as file:
+        file.write(json.dumps([list(map(int, f["input_ids"])) for f in features]) + "\\n")
+    return default_data_collator(features)
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+pretraining.default_data_collator = recording
+pretraining.pretrain = functools.partial(pretraining.pretrain, callbacks=[KillAt()])
+sys.exit(main(["pretrain", *sys.argv[3:]]))
+"""
+
+
+def recorded_pretrain(tmp_path, name, flags, kill_at=0, succeed=True):
+    records = tmp_path / f"records-{name}"
+    records.mkdir()
+    script = tmp_path / "recorded_pretrain.py"
+    script.write_text(RECORDED_PRETRAIN)
+    launch("torchrun", str(script), str(records), str(kill_at), *flags, "--output_dir", str(tmp_path / name),
+           *QUIET, cwd=tmp_path, succeed=succeed)
+    return [[json.loads(line) for line in (records / f"batches-rank{r}.jsonl").read_text().splitlines()]
+            for r in range(2)]
+
+
+def assert_same_weights(first: Path, second: Path):
+    expected = load_file(first / "model.safetensors")
+    for name, tensor in load_file(second / "model.safetensors").items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0)
+
+
+STREAM_DOCUMENTS = [[f"file {n} document {i}: every effort moves you." for i in range(30)] for n in range(2)]
+
+
+@pytest.fixture
+def two_file_stream(tmp_path):
+    from hf_scratch_gpt.tokenization import train_tokenizer
+
+    for n, documents in enumerate(STREAM_DOCUMENTS):
+        (tmp_path / f"part{n}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    tokenizer = train_tokenizer(["".join(STREAM_DOCUMENTS[0] + STREAM_DOCUMENTS[1])], kind="char")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    flags = ["--data", str(tmp_path / "part*.jsonl"), "--streaming", "true", "--tokenizer_name_or_path",
+             str(tmp_path / "tokenizer"), "--validation_documents", "4", "--context_length", "16", "--emb_dim",
+             "16", "--n_heads", "2", "--n_layers", "1", "--max_steps", "8", "--per_device_train_batch_size", "4",
+             "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "2"]
+    return tokenizer, flags
+
+
+def test_each_process_streams_its_own_file_and_resumes_where_it_left_off(tmp_path, two_file_stream):
+    tokenizer, flags = two_file_stream
+    straight = recorded_pretrain(tmp_path, "straight", flags)
+    # Two files, two processes: each reads its own file (split_dataset_by_node), and nothing splits it again:
+    # its first batches are its file's first windows, in order (the validation documents, the stream's first
+    # four, are left out).
+    for rank, batches in enumerate(straight):
+        documents = STREAM_DOCUMENTS[rank][4 if rank == 0 else 0 :]
+        stream = tokenizer("".join(d + "<|endoftext|>" for d in documents)).input_ids
+        windows = [stream[i : i + 16] for i in range(0, len(stream) - 15, 16)]
+        assert [w for batch in batches[:3] for w in batch] == windows[:12]
+
+    killed = recorded_pretrain(tmp_path, "resumed", flags, kill_at=6, succeed=False)
+    assert len(killed[0]) >= 6
+    launch("torchrun", "-m", "hf_scratch_gpt.cli", "pretrain", *flags, "--output_dir", str(tmp_path / "resumed"),
+           "--resume_from_checkpoint", "last", *QUIET, cwd=tmp_path)
+    assert {p.name for p in (tmp_path / "resumed" / "checkpoint-4").glob("stream_state-*")} == {
+        "stream_state-0.json", "stream_state-1.json"}
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_prepared_windows_resume_after_a_kill_on_two_processes(run_folders, tmp_path):
+    flags = ["--data", str(run_folders["root"] / "corpus.txt"), "--tokenizer_kind", "char", "--context_length",
+             "16", "--emb_dim", "16", "--n_heads", "2", "--n_layers", "1", "--max_steps", "8",
+             "--per_device_train_batch_size", "4", "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "2"]
+    straight = recorded_pretrain(tmp_path, "straight", flags)
+    first_batches = [{json.dumps(w) for batch in batches[:3] for w in batch} for batches in straight]  # before any eval
+    assert len(first_batches[0]) == 12 and not first_batches[0] & first_batches[1]  # each rank its own windows
+    recorded_pretrain(tmp_path, "resumed", flags, kill_at=6, succeed=False)
+    launch("torchrun", "-m", "hf_scratch_gpt.cli", "pretrain", *flags, "--output_dir", str(tmp_path / "resumed"),
+           "--resume_from_checkpoint", "last", *QUIET, cwd=tmp_path)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")

@@ -221,3 +221,11 @@ def test_cli_pretrain_then_generate(corpus, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Line")
     assert main(["pretrain", "--data", str(tmp_path / "nowhere.txt"), "--output_dir", str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_without_a_validation_split_nothing_is_evaluated(corpus, tmp_path):
+    model_args, data_args, training_args = tiny_run(corpus, tmp_path / "run", max_steps=4)
+    data_args.validation_fraction = 0.0
+    assert pretrain(model_args, data_args, training_args) == {}
+    assert "No validation split was held out." in (tmp_path / "run" / "README.md").read_text()
+    assert (tmp_path / "run" / "model.safetensors").is_file()

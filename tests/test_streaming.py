@@ -184,3 +184,21 @@ def test_python_docs_stream_too(chars):
     corpus = load_corpus(streaming=True)
     assert next(iter(corpus))["text"] == load_corpus()[0]["text"]
     assert isinstance(load_corpus(), Dataset)
+
+
+def test_a_stream_too_short_for_one_window_fails_in_one_line(streamed_run, tmp_path, capsys):
+    _, tokenizer = streamed_run
+    short = write_jsonl(tmp_path / "short.jsonl", ["a few", "words"])
+    args = stream_args(short, tokenizer, tmp_path / "out")
+    args[args.index("--validation_documents") + 1] = "0"
+    assert main(["pretrain", *args]) == 1
+    err = capsys.readouterr().err
+    assert "The streamed corpus ended after 2 document(s) (12 tokens) without one window of max_length=32" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_token_type_flag(streamed_run, tmp_path, capsys):
+    data, tokenizer = streamed_run
+    args = stream_args(data, tokenizer, tmp_path / "out")
+    assert main(["pretrain", *args, "--token_dtype", "int8"]) == 2
+    assert "int8" in capsys.readouterr().err and not (tmp_path / "out").exists()

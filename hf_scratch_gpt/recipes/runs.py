@@ -214,7 +214,11 @@ class Run:
         return time.perf_counter() - self.started
 
     def trainer(self, model, datasets, tokenizer, data_collator, callbacks=None, trainer_class=Trainer, **options):
-        """The recipe's Trainer, with the run's arguments, on the `train` and `validation` splits of `datasets`."""
+        """The recipe's Trainer, with the run's arguments, on the `train` and `validation` splits of `datasets`;
+        without a validation split, nothing is evaluated (and no best checkpoint picked)."""
+        if datasets.get("validation") is None:
+            self.trainer_args.eval_strategy = IntervalStrategy.NO
+            self.trainer_args.load_best_model_at_end = False
         return trainer_class(model=model, args=self.trainer_args, train_dataset=datasets["train"],
                              eval_dataset=datasets.get("validation"), processing_class=tokenizer,
                              data_collator=data_collator, callbacks=callbacks, **options)
