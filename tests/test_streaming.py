@@ -202,3 +202,12 @@ def test_token_type_flag(streamed_run, tmp_path, capsys):
     args = stream_args(data, tokenizer, tmp_path / "out")
     assert main(["pretrain", *args, "--token_dtype", "int8"]) == 2
     assert "int8" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_text_and_parquet_files_stream_too(tmp_path, chars):
+    (tmp_path / "a.txt").write_text("abc", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("de\nf", encoding="utf-8")
+    assert [row["text"] for row in load_corpus(tmp_path, streaming=True)] == ["abc", "de\nf"]  # a file a document
+    Dataset.from_dict({"body": ["xy", "z"], "n": [1, 2]}).to_parquet(tmp_path / "t.parquet")
+    streamed = load_corpus(tmp_path / "t.parquet", text_column="body", streaming=True)
+    assert [row for row in streamed] == [{"text": "xy"}, {"text": "z"}]

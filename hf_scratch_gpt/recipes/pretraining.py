@@ -270,7 +270,8 @@ def pretrain(
         if tokenizer_source:
             tokenizer = load_tokenizer(tokenizer_source, config=config if tokenizer_source == model_source else None)
         else:
-            tokenizer = train_tokenizer(corpus["text"], kind=model_args.tokenizer_kind,
+            texts = (text for batch in corpus.iter(batch_size=1000) for text in batch["text"])  # never all at once
+            tokenizer = train_tokenizer(texts, kind=model_args.tokenizer_kind,
                                         vocab_size=model_args.tokenizer_vocab_size)
         if model_source:
             model = load_model(model_source, ScratchGPTForCausalLM, tokenizer, config=config)
