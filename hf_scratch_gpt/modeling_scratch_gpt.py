@@ -29,43 +29,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to
 from transformers.utils import can_return_tuple
 
 from .configuration_scratch_gpt import ScratchGPTConfig
+from .kernels_scratch_gpt import Linear, head_cross_entropy
 
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs,
 # the mask builders, the output dataclasses) and announced the old name's removal. Read once, here, which name
 # this release uses; forward accepts both, and hands the cache back and on under this one.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 _MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-
-
-def _onednn_linear():
-    """oneDNN's linear kernel (the one torch.compile's CPU backend calls), if this torch build has it."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_linear()
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` that runs decoding-sized inference (up to 64 rows, no gradient, fp32 on CPU)
-    through oneDNN, which reads the weights at close to memory bandwidth where the default
-    kernel reaches about two thirds of it (benchmarks/compare_gpt2.py). Same function, fp32
-    rounding aside; a subclass, so PEFT and every tool looking for `nn.Linear` still finds one.
-    """
-
-    def forward(self, x):
-        weight = self.weight  # one module attribute lookup: this runs 50 times per decoded token
-        if (
-            _ONEDNN_LINEAR is not None
-            and x.is_cpu
-            and x.dtype is torch.float32 is weight.dtype
-            and x.numel() <= 64 * self.in_features
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        ):
-            return _ONEDNN_LINEAR(x, weight, self.bias, "none", [], "")
-        return nn.functional.linear(x, weight, self.bias)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -329,56 +299,6 @@ def _check_range(values: torch.Tensor, limit: int, message: str) -> None:
             raise ValueError(message.format(int(low if low < 0 else high)))
     elif values.device.type == "cuda":
         torch._assert_async(((values >= 0) & (values < limit)).all(), message.format("out of range"))
-
-
-class _HeadCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of `hidden @ weight.T` against `targets`, a chunk of rows at a time, so the (tokens x
-    vocabulary) logits never exist whole: at GPT-2's shape they, their log-softmax and their gradient
-    are the largest tensors of a training step. Each chunk's gradients are computed while its logits
-    are at hand and kept for the backward pass; the matmuls are the same three as the plain path's."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, normaliser, chunk_rows):
-        train_weight = ctx.needs_input_grad[1]  # a frozen head (LoRA, last blocks) needs no weight gradient
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if train_weight else None
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows, target = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
-            scored = target != -100
-            if not scored.any():
-                continue
-            logits = (rows @ weight.T).float()  # (chunk, vocab)
-            log_norm = logits.logsumexp(-1)
-            picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
-            loss += (log_norm - picked)[scored].sum()
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # the softmax, in place of the logits
-            grad_logits[scored.nonzero().squeeze(1), target[scored]] -= 1.0
-            grad_logits[~scored] = 0.0
-            grad_hidden[start : start + chunk_rows] = grad_logits.to(hidden.dtype) @ weight
-            if train_weight:
-                grad_weight.addmm_(grad_logits.T, rows.float())
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if train_weight else None, normaliser)
-        return loss / normaliser
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight, normaliser = ctx.saved_tensors
-        scale = grad_loss / normaliser
-        if grad_weight is not None:
-            grad_weight = grad_weight * scale.to(grad_weight.dtype)
-        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight, None, None, None
-
-
-def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_rows: int = 256):
-    """transformers' causal LM loss (labels shifted left, -100 ignored, summed over `num_items_in_batch`
-    when Trainer gives it, else averaged) of the head `weight` on `hidden`, without the full logits."""
-    targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(hidden.device)
-    if num_items_in_batch is None:
-        normaliser = (targets != -100).sum().float()
-    else:
-        normaliser = torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=hidden.device)
-    return _HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, normaliser, chunk_rows)
 
 
 class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):

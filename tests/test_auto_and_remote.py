@@ -43,7 +43,7 @@ def test_save_writes_safetensors_config_with_every_auto_class_and_code(saved):
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP
     assert config["architectures"] == ["ScratchGPTForCausalLM"]
-    assert (folder / "configuration_scratch_gpt.py").is_file() and (folder / "modeling_scratch_gpt.py").is_file()
+    assert all((folder / f"{name}_scratch_gpt.py").is_file() for name in ("configuration", "modeling", "kernels"))
     assert not list(folder.glob("*.bin"))
     tensors = load_file(folder / "model.safetensors")
     assert "out_head.weight" not in tensors  # the tied copy is not written
@@ -132,14 +132,14 @@ def test_code_files_import_nothing_from_the_package():
     import hf_scratch_gpt
 
     package = Path(hf_scratch_gpt.__file__).parent
-    for name in ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py"):
+    for name in ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "kernels_scratch_gpt.py"):
         source = (package / name).read_text()
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         for line in imports:
             module = line.split()[1]
             top = module.split(".")[0]
             assert top in ("torch", "transformers", "huggingface_hub") or top in sys.stdlib_module_names or module in (
-                ".configuration_scratch_gpt",
+                ".configuration_scratch_gpt", ".kernels_scratch_gpt",
             ), line
 
 

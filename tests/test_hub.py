@@ -13,7 +13,7 @@ from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.hub import REPO_PLACEHOLDER, push_to_hub
 
 AUTO_MAP = {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
-MODEL_FILES = {"config.json", "model.safetensors", "configuration_scratch_gpt.py", "modeling_scratch_gpt.py",
+MODEL_FILES = {"config.json", "model.safetensors", "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "kernels_scratch_gpt.py",
                "tokenizer.json", "tokenizer_config.json", "README.md"}
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "loss.png", "tokenizer.json"}
 

@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -6,7 +7,8 @@ from conftest import VOCAB, left_padded, tiny_config
 from transformers import DynamicCache
 
 from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
-from hf_scratch_gpt.modeling_scratch_gpt import head_cross_entropy
+from hf_scratch_gpt import kernels_scratch_gpt as kernels
+from hf_scratch_gpt.kernels_scratch_gpt import TRIALS, Linear, head_cross_entropy
 
 
 def causal_lm(**overrides):
@@ -289,22 +291,45 @@ def test_base_model_outputs_hidden_states():
 @pytest.mark.parametrize("rows", [1, 2, 8, 64, 65, 300])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("grad", [True, False])
-def test_linear_gives_nn_linear_results_on_every_path(rows, bias, grad):
-    from hf_scratch_gpt.modeling_scratch_gpt import Linear
-
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_gives_nn_linear_results_on_every_path(rows, bias, grad, dtype):
     torch.manual_seed(0)
-    ours = Linear(48, 80, bias=bias)
-    reference = torch.nn.Linear(48, 80, bias=bias)
+    ours = Linear(48, 80, bias=bias).to(dtype)
+    reference = torch.nn.Linear(48, 80, bias=bias).to(dtype)
     reference.load_state_dict(ours.state_dict())
-    x = torch.randn(rows, 1, 48, requires_grad=grad)
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype is torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    x = torch.randn(rows, 1, 48, dtype=dtype, requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        out = ours(x)
-        assert out.shape == (rows, 1, 80)
-        torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=1e-5)
+        for _ in range(3 * TRIALS + 1):  # every candidate kernel while they are timed, then the one kept
+            out = ours(x)
+            assert out.shape == (rows, 1, 80)
+            torch.testing.assert_close(out, reference(x), **tolerance)
     if grad:
         out.sum().backward()
         grad_ours = x.grad.clone()
         x.grad = None
         reference(x).sum().backward()
-        torch.testing.assert_close(grad_ours, x.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad_ours, x.grad, **tolerance)
         torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+
+
+def _sleeping(seconds):
+    def kernel(x, weight, bias):
+        time.sleep(seconds)
+        return kernel.__name__
+
+    kernel.__name__ = f"sleeps {seconds}"
+    return kernel
+
+
+@pytest.mark.parametrize("plain_s, other_s, kept", [(0.004, 0.001, "other"), (0.001, 0.004, "plain")])
+def test_the_kernel_kept_is_the_fastest_measured_here_and_never_slower_than_the_plain_one(
+        monkeypatch, plain_s, other_s, kept):
+    plain, other = _sleeping(plain_s), _sleeping(other_s)
+    monkeypatch.setattr(kernels, "plain_linear", plain)
+    choice = kernels.KernelChoice([plain, other])
+    calls = [choice(None, None, None) for _ in range(2 * TRIALS)]
+    assert calls == [plain.__name__, other.__name__] * TRIALS  # each timed in turn
+    assert choice.chosen is (other if kept == "other" else plain)
+    assert choice(None, None, None) == choice.chosen.__name__
+    assert kernels.KernelChoice([plain]).chosen is plain  # nothing to choose from: no timing

@@ -39,7 +39,7 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     metrics = pretrain(*tiny_run(corpus, out))
     names = {p.name for p in out.iterdir()}
     for expected in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                     "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "loss.png", "README.md",
+                     "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "kernels_scratch_gpt.py", "loss.png", "README.md",
                      "eval_results.json", "training_args.json"):
         assert expected in names, expected
     assert "training_args.bin" not in names  # no pickle in the shared folder

@@ -61,7 +61,7 @@ def test_a_model_folders_own_code_never_runs(run_folders, tmp_path, capsys):
     folder = tmp_path / "tampered"
     shutil.copytree(run_folders["pretrain"], folder)
     marker = tmp_path / "ran"
-    for name in ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py"):
+    for name in ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "kernels_scratch_gpt.py"):
         (folder / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + (folder / name).read_text())
     assert main(["generate", str(folder), "--prompt", "ham", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("ham")

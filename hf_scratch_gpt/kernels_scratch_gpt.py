@@ -1,0 +1,161 @@
+"""Speed machinery of `modeling_scratch_gpt.py`, kept apart so that the model file reads as the book: a linear
+layer that picks its inference kernel by timing the candidates where it runs, and the output head's
+cross-entropy computed a chunk of rows at a time.
+
+It travels with every checkpoint beside the model file (transformers copies a code file's relative imports),
+so it imports only torch.
+"""
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def _onednn_linear():
+    """oneDNN's linear kernel (the one torch.compile's CPU backend calls), if this torch build has it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+INFERENCE_ROWS = 64  # decoding-sized inputs, where the kernels differ most: they read every weight for few rows
+TRIALS = 5  # timed calls of each candidate before one is kept
+MARGIN = 0.97  # another kernel replaces the plain one only if its median time is at most 97% of the plain one's
+
+
+def plain_linear(x, weight, bias):
+    return nn.functional.linear(x, weight, bias)
+
+
+def onednn_linear(x, weight, bias):
+    return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+
+def gemv_linear(x, weight, bias):
+    """One row: a matrix-vector kernel, where the matrix-matrix one is slower on some CPUs (bf16 especially)."""
+    row = x.reshape(-1)
+    out = torch.mv(weight, row) if bias is None else torch.addmv(bias, weight, row)
+    return out.view(*x.shape[:-1], -1)
+
+
+def candidates(dtype: torch.dtype, rows: int) -> list:
+    """The kernels worth timing for inputs of `rows` rows of `dtype`; the plain one first."""
+    kernels = [plain_linear]
+    if _ONEDNN_LINEAR is not None and dtype in (torch.float32, torch.bfloat16):
+        kernels.append(onednn_linear)
+    if rows == 1:
+        kernels.append(gemv_linear)
+    return kernels
+
+
+class KernelChoice:
+    """The kernel for one kind of call (sizes, dtype, rows), chosen by timing real calls on this machine.
+
+    The first calls go to each candidate in turn, `TRIALS` each, timed (CPU kernels return when done); then the
+    fastest by median is kept, the plain kernel unless another takes at most `MARGIN` of its time. Measured on
+    the calls themselves, so the weights come from wherever decoding leaves them (caches, memory), as they do
+    afterwards: a kernel that wins on one CPU and loses on another is kept only where it wins.
+    """
+
+    def __init__(self, kernels: list):
+        self.times = {kernel: [] for kernel in kernels}
+        self.chosen = None if len(kernels) > 1 else kernels[0]
+        self._turn = 0
+
+    def __call__(self, x, weight, bias):
+        if self.chosen is not None:
+            return self.chosen(x, weight, bias)
+        kernels = list(self.times)
+        kernel = kernels[self._turn % len(kernels)]
+        self._turn += 1
+        start = time.perf_counter()
+        out = kernel(x, weight, bias)
+        self.times[kernel].append(time.perf_counter() - start)
+        if self._turn == TRIALS * len(kernels):
+            median = {k: statistics.median(t) for k, t in self.times.items()}
+            fastest = min(median, key=median.get)
+            self.chosen = fastest if median[fastest] <= MARGIN * median[plain_linear] else plain_linear
+        return out
+
+
+_CHOICES: dict[tuple, KernelChoice] = {}
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` whose decoding-sized inference (up to `INFERENCE_ROWS` rows, no gradient, CPU, no autocast)
+    runs on the kernel that is fastest on this machine for its sizes, dtype and rows (`KernelChoice`): oneDNN's
+    or a matrix-vector kernel where they beat the default, the default otherwise. The same function, rounding
+    aside; a subclass, so PEFT and every tool looking for `nn.Linear` still finds one.
+    """
+
+    def forward(self, x):
+        weight = self.weight  # one module attribute lookup: this runs 50 times per decoded token
+        if (
+            x.is_cpu
+            and x.dtype is weight.dtype
+            and x.numel() <= INFERENCE_ROWS * self.in_features
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        ):
+            rows = x.numel() // self.in_features
+            key = (self.in_features, self.out_features, x.dtype, rows, self.bias is not None)
+            choice = _CHOICES.get(key)
+            if choice is None:
+                choice = _CHOICES[key] = KernelChoice(candidates(x.dtype, rows))
+            return choice(x, weight, self.bias)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `hidden @ weight.T` against `targets`, a chunk of rows at a time, so the (tokens x
+    vocabulary) logits never exist whole: at GPT-2's shape they, their log-softmax and their gradient
+    are the largest tensors of a training step. Each chunk's gradients are computed while its logits
+    are at hand and kept for the backward pass; the matmuls are the same three as the plain path's."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, normaliser, chunk_rows):
+        train_weight = ctx.needs_input_grad[1]  # a frozen head (LoRA, last blocks) needs no weight gradient
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if train_weight else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows, target = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
+            scored = target != -100
+            if not scored.any():
+                continue
+            logits = (rows @ weight.T).float()  # (chunk, vocab)
+            log_norm = logits.logsumexp(-1)
+            picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+            loss += (log_norm - picked)[scored].sum()
+            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # the softmax, in place of the logits
+            grad_logits[scored.nonzero().squeeze(1), target[scored]] -= 1.0
+            grad_logits[~scored] = 0.0
+            grad_hidden[start : start + chunk_rows] = grad_logits.to(hidden.dtype) @ weight
+            if train_weight:
+                grad_weight.addmm_(grad_logits.T, rows.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if train_weight else None, normaliser)
+        return loss / normaliser
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight, normaliser = ctx.saved_tensors
+        scale = grad_loss / normaliser
+        if grad_weight is not None:
+            grad_weight = grad_weight * scale.to(grad_weight.dtype)
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight, None, None, None
+
+
+def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_rows: int = 256):
+    """transformers' causal LM loss (labels shifted left, -100 ignored, summed over `num_items_in_batch`
+    when Trainer gives it, else averaged) of the head `weight` on `hidden`, without the full logits."""
+    targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(hidden.device)
+    if num_items_in_batch is None:
+        normaliser = (targets != -100).sum().float()
+    else:
+        normaliser = torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=hidden.device)
+    return _HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, normaliser, chunk_rows)
