@@ -179,6 +179,7 @@ def _optimisation(training_args, wall_seconds) -> dict:
         "optimizer": f"{args['optim']} (betas {args['adam_beta1']}, {args['adam_beta2']}; "
                      f"weight decay {args['weight_decay']})",
         "gradient clipping": args["max_grad_norm"],
+        "precision": "bf16 autocast, fp32 weights" if args["bf16"] else "fp16 autocast" if args["fp16"] else "fp32",
         "seed": args["seed"],
         "wall time": f"{wall_seconds:.0f} s",
     }

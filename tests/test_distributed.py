@@ -40,8 +40,8 @@ command, records = sys.argv[1], sys.argv[2]
 class RecordLogits(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         model.eval()
-        with torch.no_grad():
-            logits = model(input_ids=torch.arange(1, 9).unsqueeze(0)).logits
+        with torch.no_grad():  # the class's forward: accelerate wraps the instance's in autocast when training bf16
+            logits = type(model).forward(model, input_ids=torch.arange(1, 9).unsqueeze(0)).logits
         save_file({"logits": logits.contiguous()}, f"{records}/logits-rank{args.process_index}.safetensors")
 
 def recorded(saving_into):

@@ -15,6 +15,7 @@ from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.corpus import build_lm_dataset, load_corpus
 from hf_scratch_gpt.recipes import DataArguments, ModelArguments, PretrainingArguments, pretrain
+from hf_scratch_gpt.recipes.runs import native_bf16
 
 TEXT = "".join(f"Line {i}: every effort moves you, said the painter to the critic.\n" for i in range(120))
 
@@ -58,6 +59,9 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
     assert json.loads((out / "eval_results.json").read_text()) == metrics
+    bf16 = json.loads((out / "training_args.json").read_text())["bf16"]
+    assert bf16 is native_bf16(on_cpu=True)  # the default: bf16 autocast where the CPU computes it natively
+    assert f"| precision | {'bf16 autocast, fp32 weights' if bf16 else 'fp32'} |" in (out / "README.md").read_text()
 
     history = json.loads((out / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
     losses = [e["loss"] for e in history if "loss" in e]

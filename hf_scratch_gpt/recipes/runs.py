@@ -56,6 +56,9 @@ class RecipeTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best among them)."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "Train in bf16 autocast with fp32 weights (default: where the hardware computes bf16 natively: "
+                "CPUs with AMX or AVX512-BF16, GPUs with bf16; fp32 elsewhere). false forces fp32."})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": f"Continue an interrupted run from this checkpoint folder, or '{RESUME_LAST}' for the newest "
                 "complete one in --output_dir."})
@@ -66,7 +69,21 @@ class RecipeTrainingArguments(TrainingArguments):
             # Without GPUs, Trainer joins the processes torchrun / accelerate started only when told to use
             # the CPU; otherwise each would train alone, all of them writing the same output folder.
             self.use_cpu = True
+        on_cpu = self.use_cpu or not torch.accelerator.is_available()
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and native_bf16(on_cpu)
+        if self.bf16 and on_cpu:
+            self.use_cpu = True  # transformers takes bf16 without a GPU only when told it trains on the CPU
         super().__post_init__()
+
+
+def native_bf16(on_cpu: bool) -> bool:
+    """Whether the hardware training runs on computes bf16 natively, where autocast to it pays: a CPU with AMX or
+    AVX512-BF16 (about 2-3x fp32's matmul rate), a GPU with bf16 (Ampere on; CUDA or ROCm)."""
+    if not on_cpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    flags = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, flag, lambda: False)() for flag in flags)
 
 
 def _check_training_args(args) -> None:

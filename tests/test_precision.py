@@ -1,0 +1,86 @@
+"""bf16 autocast, the recipes' default where the hardware computes bf16 natively: every path of ours (attention
+backends, the chunked head loss, LoRA) gives what fp32 gives, within bf16's rounding."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from peft import LoraConfig, get_peft_model
+
+from hf_scratch_gpt import ScratchGPTForCausalLM
+from hf_scratch_gpt.kernels_scratch_gpt import head_cross_entropy
+from hf_scratch_gpt.recipes import PretrainingArguments
+from hf_scratch_gpt.recipes.runs import native_bf16
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+def loss_and_grads(model, ids, autocast: bool):
+    model.zero_grad()
+    with torch.autocast(**BF16, enabled=autocast):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_close_in_bf16(bf16, fp32):
+    """Losses within 1%; each gradient within bf16's rounding of its own scale, pointing the same way."""
+    loss16, grads16 = bf16
+    loss32, grads32 = fp32
+    assert loss16.dtype is torch.float32
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
+    assert grads16.keys() == grads32.keys() and grads32
+    for name, grad in grads32.items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(grads16[name], grad, atol=0.05 * scale, rtol=0, msg=name)
+        cosine = torch.nn.functional.cosine_similarity(grads16[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.99, name
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_training_under_bf16_autocast_matches_fp32(attention, tied):
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(tiny_config(emb_dim=64, attn_implementation=attention,
+                                              tie_word_embeddings=tied)).train()
+    ids = torch.randint(0, model.config.vocab_size, (4, 24))
+    assert_close_in_bf16(loss_and_grads(model, ids, True), loss_and_grads(model, ids, False))
+
+
+def test_the_chunked_head_loss_under_autocast_matches_fp32():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 40, 64, requires_grad=True)
+    weight = (torch.randn(300, 64) * 0.1).requires_grad_()
+    labels = torch.randint(0, 300, (3, 40))
+    labels[0, :7] = -100
+
+    def run(autocast):
+        hidden.grad = weight.grad = None
+        with torch.autocast(**BF16, enabled=autocast):
+            loss = head_cross_entropy(hidden, weight, labels, chunk_rows=16)
+        loss.backward()
+        return loss.detach(), {"hidden": hidden.grad.clone(), "weight": weight.grad.clone()}
+
+    reference = torch.nn.functional.cross_entropy((hidden @ weight.T)[:, :-1].reshape(-1, 300),
+                                                  labels[:, 1:].reshape(-1), ignore_index=-100)
+    fp32 = run(False)
+    assert fp32[0].item() == pytest.approx(reference.item(), rel=1e-6)
+    assert_close_in_bf16(run(True), fp32)
+
+
+def test_lora_under_bf16_autocast_matches_fp32():
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(tiny_config(emb_dim=64))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["qkv", "out_proj"],
+                                             init_lora_weights=False))
+    ids = torch.randint(0, 100, (4, 24))
+    bf16, fp32 = loss_and_grads(model, ids, True), loss_and_grads(model, ids, False)
+    assert fp32[1] and all("lora_" in name for name in fp32[1])  # only the adapters train
+    assert_close_in_bf16(bf16, fp32)
+
+
+def test_the_recipes_default_to_bf16_where_the_hardware_has_it(tmp_path):
+    args = PretrainingArguments(output_dir=str(tmp_path))
+    assert args.bf16 is native_bf16(on_cpu=not torch.accelerator.is_available())
+    assert PretrainingArguments(output_dir=str(tmp_path), bf16=False).bf16 is False
+    forced = PretrainingArguments(output_dir=str(tmp_path), bf16=True)
+    assert forced.bf16 and (forced.use_cpu or torch.accelerator.is_available())
