@@ -1,26 +1,34 @@
-"""ScratchGPT against transformers' GPT2LMHeadModel, same weights, same process, alternating.
+"""ScratchGPT against transformers' GPT2LMHeadModel, same weights, same process, alternating, in every precision.
 
-    python benchmarks/compare_gpt2.py            # GPT-2 124M shape, about 8 minutes on 2 cores
-    python benchmarks/compare_gpt2.py --quick    # fewer repeats, under 3 minutes
+    python benchmarks/compare_gpt2.py            # GPT-2 124M shape, about 15 minutes on 2 cores
+    python benchmarks/compare_gpt2.py --quick    # fewer repeats, about 6 minutes
+    python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training (minutes of compiling more)
 
-Measures (medians after warm-up): training tokens/s (batch 2 x 256) with each model's recommended
-settings and with identical plain settings; greedy decode new tokens/s (prompt 32, batch 1 and 8);
-peak RSS of a training step (each model in its own subprocess); achieved FLOP/s and MFU against a
-matmul peak measured here; decode memory traffic against a bandwidth measured here. The last line is
-`train_ratio=... decode_b1_ratio=... decode_b8_ratio=... rss_ratio=...` (ours / GPT-2; RSS: lower is better).
+Prints the machine (CPU, caches, bf16 support), the fp32 and bf16 matmul peaks and the memory bandwidth
+(a buffer four times the last-level cache) measured here, then, each model in each mode (medians after
+warm-up): training tokens/s (batch 2 x 256; fp32, bf16 autocast with fp32 weights, compiled with --compile) with
+FLOP/s and MFU against the peak of the precision it computes in; greedy decode new tokens/s (prompt 32, batch
+1 and 8; fp32 and bf16 weights) with the weights' bytes read per second against the bandwidth; the peak RSS of
+a training step in the recipes' default precision (each model in its own subprocess). Each ratio compares our
+best mode with GPT-2's best mode. The last line is `train_ratio=... decode_b1_ratio=... decode_b8_ratio=...
+rss_ratio=... precision=...` (ours / GPT-2; RSS: lower is better; precision: the recipes' default here).
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
+from hf_scratch_gpt.recipes.runs import native_bf16
+from machine import describe, last_level_cache_bytes
 
 SHAPE = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 BATCH, SEQ = 2, 256
@@ -32,15 +40,17 @@ def build(which: str):
     return gpt2 if which == "gpt2" else hf_scratch_gpt.from_gpt2(gpt2)
 
 
-def optimizer(model, recommended: bool):
-    """Ours: what the package's recipes use (fused AdamW). GPT-2 and plain: torch's default AdamW."""
-    fused = recommended and isinstance(model, hf_scratch_gpt.ScratchGPTForCausalLM)
+def optimizer(model):
+    """Ours: what the package's recipes use (fused AdamW). GPT-2: torch's default AdamW."""
+    fused = isinstance(model, hf_scratch_gpt.ScratchGPTForCausalLM)
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
 
 
-def train_step(model, opt, batch):
+def train_step(model, opt, batch, bf16: bool):
     start = time.perf_counter()
-    model(batch, labels=batch).loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        loss = model(batch, labels=batch).loss
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -65,8 +75,8 @@ def training_flops_per_token(config) -> float:
     return 6 * matmul_params + 12 * layers * SEQ * d
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     runs, start = 0, time.perf_counter()
@@ -76,15 +86,16 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return 2 * 2048**3 * runs / (time.perf_counter() - start)
 
 
-def memory_bandwidth() -> float:
-    data = torch.randn(64 * 1024 * 1024)  # 256 MB: far beyond the caches
-    data.sum()
+def memory_bandwidth() -> tuple[float, int]:
+    """Bytes/s reading a buffer four times the last-level cache (at least 1 GiB), so that none of it is cached."""
+    size = max(4 * last_level_cache_bytes(), 2**30)
+    data = torch.ones(size // 4)
     times = []
-    for _ in range(10):
+    for _ in range(6):
         start = time.perf_counter()
         data.sum()
         times.append(time.perf_counter() - start)
-    return data.numel() * 4 / statistics.median(times)
+    return size / statistics.median(times[1:]), size
 
 
 def decode(model, batch: int, new_tokens: int):
@@ -99,7 +110,7 @@ def decode(model, batch: int, new_tokens: int):
     return time.perf_counter() - start
 
 
-def peak_rss_child(which: str) -> None:
+def peak_rss_child(which: str, bf16: bool) -> None:
     """Build only the model measured (no converted-from copy), train 3 steps, report the peak."""
     config = GPT2Config(**SHAPE)
     if which == "gpt2":
@@ -109,80 +120,94 @@ def peak_rss_child(which: str) -> None:
             vocab_size=config.vocab_size, context_length=config.n_positions, emb_dim=config.n_embd,
             n_heads=config.n_head, n_layers=config.n_layer, qkv_bias=True, bias=True))
     model.train()
-    opt = optimizer(model, recommended=True)
+    opt = optimizer(model)
     batch = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ))
     for _ in range(3):
-        train_step(model, opt, batch)
+        train_step(model, opt, batch, bf16)
     # VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak over the fork.
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
     print(json.dumps({"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024}))
 
 
-def peak_rss(which: str) -> float:
-    result = subprocess.run([sys.executable, __file__, "--rss-child", which], capture_output=True, text=True,
-                            check=True)
+def peak_rss(which: str, bf16: bool) -> float:
+    command = [sys.executable, __file__, "--rss-child", which] + (["--bf16"] if bf16 else [])
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer repeats: under 3 minutes.")
+    parser.add_argument("--quick", action="store_true", help="Fewer repeats.")
+    parser.add_argument("--compile", action="store_true", help="Also measure torch.compile'd training.")
     parser.add_argument("--rss-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        return peak_rss_child(args.rss_child)
+        return peak_rss_child(args.rss_child, args.bf16)
 
     repeats, warmup, new_tokens = (3, 1, 48) if args.quick else (7, 2, 128)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, GPT-2 124M shape")
-    peak, bandwidth = matmul_peak(), memory_bandwidth()
-    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s (measured here)")
+    default_bf16 = native_bf16(on_cpu=True)
+    print(describe())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, GPT-2 124M shape, recipes' default "
+          f"precision here: {'bf16' if default_bf16 else 'fp32'}")
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    bandwidth, buffer = memory_bandwidth()
+    print(f"matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; memory "
+          f"bandwidth {bandwidth / 1e9:.1f} GB/s (a {buffer / 2**30:.1f} GiB buffer); measured here\n")
 
     models = {"gpt2": build("gpt2"), "ours": build("ours")}
     batch = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    rows = []
     flops = training_flops_per_token(models["gpt2"].config) * BATCH * SEQ
-    train = {}
-    for setting in ("recommended", "plain"):
+    rows, train, decode_rate = [], {}, {1: {}, 8: {}}
+    modes = ["fp32", "bf16"] + (["bf16 compiled"] if args.compile else [])
+    for mode in modes:
+        runnable = {n: torch.compile(m) if "compiled" in mode else m for n, m in models.items()}
         for model in models.values():
             model.train()
-        opts = {name: optimizer(m, recommended=setting == "recommended") for name, m in models.items()}
-        seconds = alternate({n: (lambda n=n, o=opts: train_step(models[n], o[n], batch)) for n in models}, repeats, warmup)
-        train[setting] = {n: BATCH * SEQ / s for n, s in seconds.items()}
+        opts = {name: optimizer(m) for name, m in models.items()}
+        seconds = alternate({n: (lambda n=n: train_step(runnable[n], opts[n], batch, "bf16" in mode))
+                             for n in models}, repeats, warmup + (2 if "compiled" in mode else 0))
         for name, s in seconds.items():
-            rows.append((f"train tok/s ({setting})", name, BATCH * SEQ / s,
-                         f"{flops / s / 1e9:.0f} GFLOP/s, MFU {flops / s / peak:.0%}"))
+            train[name, mode] = BATCH * SEQ / s
+            peak = peaks["bf16" if "bf16" in mode else "fp32"]
+            rows.append((f"train tok/s, {mode}", name, BATCH * SEQ / s,
+                         f"{flops / s / 1e9:.0f} GFLOP/s, MFU {flops / s / peak:.0%} of the {mode[:4]} peak"))
         del opts
 
-    param_bytes = sum(p.numel() * p.element_size() for p in models["gpt2"].parameters())
-    decode_rate = {}
-    for batch_size in (1, 8):
+    for dtype, mode in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for model in models.values():
-            model.eval()
-        seconds = alternate({n: (lambda n=n: decode(models[n], batch_size, new_tokens)) for n in models},
-                            max(1, repeats - 2), 1)
-        decode_rate[batch_size] = {n: batch_size * new_tokens / s for n, s in seconds.items()}
-        for name, s in seconds.items():
-            steps_per_s = new_tokens / s
-            rows.append((f"decode tok/s (batch {batch_size})", name, decode_rate[batch_size][name],
-                         f"weights read {param_bytes * steps_per_s / 1e9:.1f} GB/s = "
-                         f"{param_bytes * steps_per_s / bandwidth:.0%} of bandwidth"))
+            model.eval().to(dtype)
+        weight_bytes = sum(p.numel() * p.element_size() for p in models["gpt2"].parameters())
+        for batch_size in (1, 8):
+            seconds = alternate({n: (lambda n=n: decode(models[n], batch_size, new_tokens)) for n in models},
+                                max(1, repeats - 2), 1)
+            for name, s in seconds.items():
+                steps_per_s = new_tokens / s
+                decode_rate[batch_size][name, mode] = batch_size * new_tokens / s
+                rows.append((f"decode tok/s, batch {batch_size}, {mode} weights", name, batch_size * steps_per_s,
+                             f"weights read {weight_bytes * steps_per_s / 1e9:.1f} GB/s = "
+                             f"{weight_bytes * steps_per_s / bandwidth:.0%} of bandwidth"))
 
-    rss = {name: peak_rss(name) for name in models}
+    rss = {name: peak_rss(name, default_bf16) for name in models}
     for name, mb in rss.items():
-        rows.append(("training step peak RSS (MB)", name, mb, "own subprocess"))
+        rows.append((f"training step peak RSS (MB), {'bf16' if default_bf16 else 'fp32'}", name, mb, "own subprocess"))
 
     width = max(len(r[0]) for r in rows)
     for what, name, value, note in rows:
         print(f"{what:<{width}}  {name:<5} {value:>9.1f}   {note}")
-    ratios = {
-        "train_ratio": train["recommended"]["ours"] / train["recommended"]["gpt2"],
-        "train_plain_ratio": train["plain"]["ours"] / train["plain"]["gpt2"],
-        "decode_b1_ratio": decode_rate[1]["ours"] / decode_rate[1]["gpt2"],
-        "decode_b8_ratio": decode_rate[8]["ours"] / decode_rate[8]["gpt2"],
-        "rss_ratio": rss["ours"] / rss["gpt2"],
-    }
-    print(f"identical plain settings: train_plain_ratio={ratios['train_plain_ratio']:.3f}")
-    print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items() if k != "train_plain_ratio"))
+
+    def best(rates: dict) -> dict:
+        """Each model's best mode: (rate, mode)."""
+        return {who: max((rate, mode) for (name, mode), rate in rates.items() if name == who) for who in models}
+
+    ratios = {}
+    for key, rates in (("train_ratio", train), ("decode_b1_ratio", decode_rate[1]),
+                       ("decode_b8_ratio", decode_rate[8])):
+        top = best(rates)
+        ratios[key] = top["ours"][0] / top["gpt2"][0]
+        print(f"{key}: ours {top['ours'][1]} against GPT-2 {top['gpt2'][1]}")
+    ratios["rss_ratio"] = rss["ours"] / rss["gpt2"]
+    print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()) + f" precision={'bf16' if default_bf16 else 'fp32'}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,17 @@ import platform
 from pathlib import Path
 
 
+def last_level_cache_bytes() -> int:
+    """The largest data cache of CPU 0 (the last level), in bytes; 0 if the system does not say."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        if (index / "type").read_text().strip() != "Instruction":
+            size = (index / "size").read_text().strip()
+            sizes.append(int(size[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[size[-1]] if size[-1] in "KMG"
+                         else int(size))
+    return max(sizes, default=0)
+
+
 def describe() -> str:
     """CPU model, cores, cache sizes, bf16 support (AMX / AVX512-BF16), memory; one line each."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
