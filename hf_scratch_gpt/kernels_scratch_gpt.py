@@ -125,16 +125,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if train_weight else None
         for start in range(0, hidden.shape[0], chunk_rows):
             rows, target = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
-            scored = target != -100
-            if not scored.any():
-                continue
+            scored = (target != -100)[:, None]  # (chunk, 1); masks, not branches: torch.compile traces it whole
+            picked = target.clamp(min=0)[:, None]
             logits = (rows @ weight.T).float()  # (chunk, vocab)
-            log_norm = logits.logsumexp(-1)
-            picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
-            loss += (log_norm - picked)[scored].sum()
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # the softmax, in place of the logits
-            grad_logits[scored.nonzero().squeeze(1), target[scored]] -= 1.0
-            grad_logits[~scored] = 0.0
+            log_norm = logits.logsumexp(-1, keepdim=True)
+            loss += ((log_norm - logits.gather(1, picked)) * scored).sum()
+            grad_logits = logits.sub_(log_norm).exp_()  # the softmax, in place of the logits
+            grad_logits.scatter_add_(1, picked, -scored.to(grad_logits.dtype))
+            grad_logits.mul_(scored)
             grad_hidden[start : start + chunk_rows] = grad_logits.to(hidden.dtype) @ weight
             if train_weight:
                 grad_weight.addmm_(grad_logits.T, rows.float())

@@ -141,6 +141,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
+    _can_compile_fullgraph = True  # no graph breaks in training or decoding (tests/test_compile.py)
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -204,8 +205,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
+        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor in a static cache
+        if not torch.compiler.is_compiling():  # a compiled graph has no Python branches on values
+            self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)  # (b, n, emb_dim)
@@ -244,7 +246,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
     def _position_ids(attention_mask, past_length, n, device):
         """Positions count real tokens only, so a left-padded prompt starts at position 0."""
         if attention_mask is None or attention_mask.dim() != 2:
-            return torch.arange(past_length, past_length + n, device=device).unsqueeze(0)
+            return torch.arange(n, device=device).unsqueeze(0) + past_length
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)[:, -n:]
 

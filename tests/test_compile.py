@@ -1,0 +1,46 @@
+"""torch.compile: the model traces as one graph (no breaks) for training and inference, in every attention backend
+and under bf16 autocast, and generate() with a static cache runs compiled, with the tokens of the eager model."""
+
+import contextlib
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import tiny_config
+
+from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
+
+IDS = torch.tensor([[5, 17, 3, 99, 42, 8, 8, 61], [7, 1, 13, 2, 90, 33, 4, 12]])
+PADDED = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+
+
+@pytest.mark.parametrize("case", ["train", "train padded", "train eager", "train bf16", "eval", "classify"])
+def test_the_model_compiles_without_graph_breaks(case):
+    torch.manual_seed(0)
+    if case == "classify":
+        model, inputs = ScratchGPTForSequenceClassification(tiny_config(num_labels=2)), dict(
+            attention_mask=PADDED, labels=torch.tensor([0, 1]))
+    else:
+        attention = "eager" if case == "train eager" else "sdpa"
+        model = ScratchGPTForCausalLM(tiny_config(attn_implementation=attention))
+        inputs = dict(labels=IDS, **({"attention_mask": PADDED} if case == "train padded" else {}))
+    model.train(case != "eval")
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if case == "train bf16" else contextlib.nullcontext()
+    torch._dynamo.reset()
+    with bf16:
+        explained = torch._dynamo.explain(model)(IDS, **inputs)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_generate_with_a_static_cache_runs_compiled_with_the_same_tokens():
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    prompt = IDS[:, :5]
+    expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, fullgraph=True)  # fullgraph: a graph break would be an error
+    compiled = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                              cache_implementation="static")
+    assert torch.equal(compiled, expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
