@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--data", required=True, help="Path to tinyshakespeare.txt")
     parser.add_argument("--output-dir", default="outputs/tinyshakespeare")
     parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--bf16", choices=["true", "false"], help="Precision (default: the recipes')")
     cli = parser.parse_args()
 
     metrics = pretrain(
@@ -51,6 +52,7 @@ def main():
             logging_steps=100,
             disable_tqdm=True,
             dataloader_pin_memory=False,
+            bf16=None if cli.bf16 is None else cli.bf16 == "true",
         ),
     )
     print(f"val_loss={metrics['eval_loss']:.4f} wall_s={time.perf_counter() - START:.1f}")
