@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -165,7 +164,7 @@ def main():
         for model in models.values():
             model.train()
         opts = {name: optimizer(m) for name, m in models.items()}
-        seconds = alternate({n: (lambda n=n: train_step(runnable[n], opts[n], batch, "bf16" in mode))
+        seconds = alternate({n: (lambda n=n, o=opts: train_step(runnable[n], o[n], batch, "bf16" in mode))
                              for n in models}, repeats, warmup + (2 if "compiled" in mode else 0))
         for name, s in seconds.items():
             train[name, mode] = BATCH * SEQ / s

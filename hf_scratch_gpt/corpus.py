@@ -116,6 +116,8 @@ class _DocumentTokens:
     worker processes); the encoder is made where it runs. `page_out`: see `_page_out`."""
 
     def __init__(self, tokenizer, dtype: str, page_out: bool = False):
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
         self.tokenizer, self.dtype, self.page_out = tokenizer, dtype, page_out
 
     def __getstate__(self):
@@ -173,8 +175,6 @@ def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dty
     Written once to datasets' cache (file corpora; a second call with the same corpus and tokenizer reads it
     back in a moment). `num_proc` defaults to every core for corpora past a few tens of MB.
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
     dtype = storage_dtype(tokenizer, dtype).name
     if num_proc is None:
         num_proc = os.cpu_count() if corpus.data.nbytes >= _BIG_CORPUS and len(corpus) > 1 else None
@@ -378,16 +378,12 @@ def stream_lm_dataset(
     _check_window(max_length, stride)
     if not isinstance(validation_documents, int) or validation_documents < 0:
         raise ValueError(f"validation_documents={validation_documents!r} is invalid: give a count of documents.")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no end-of-text token to join documents with; set its eos_token.")
     encode = _DocumentTokens(tokenizer, storage_dtype(tokenizer, token_dtype).name)
     validation = None
-    held_out = set()
     if validation_documents:
         texts = [row["text"] for row in corpus.take(validation_documents)]
         held_out = {_digest(text) for text in texts}
-        stream = TokenStream(Dataset.from_dict({"text": texts}).with_format("arrow").map(
-            encode, batched=True, remove_columns=["text"]).with_format(None))
+        stream = TokenStream(tokenize_corpus(Dataset.from_dict({"text": texts}), tokenizer, dtype=token_dtype))
         if len(stream) < max_length:
             raise ValueError(f"The validation split (the first {len(texts)} streamed documents) has {len(stream)} "
                              f"tokens, fewer than one window of max_length={max_length}: hold out more documents "
