@@ -37,6 +37,25 @@ from hf_scratch_gpt.recipes import (  # noqa: E402
 )
 
 
+def instruction_model(data: str, output: Path, pretrain_steps: int = 600, mode: str = "full") -> dict:
+    """Steps 1-3: pretrain a base in `output/base`, fine-tune it on `data` into `output/tuned`; the test metrics."""
+    quiet = {"disable_tqdm": True, "dataloader_pin_memory": False}
+    pretrain(
+        ModelArguments(tokenizer_kind="bpe", tokenizer_vocab_size=4096, context_length=256, emb_dim=128, n_heads=4,
+                       n_layers=4, drop_rate=0.1),
+        DataArguments(data="python-docs", max_length=128, validation_fraction=0.05, shuffle_seed=0,
+                      sample_prompt="The instruction"),
+        PretrainingArguments(output_dir=str(output / "base"), max_steps=pretrain_steps,
+                             per_device_train_batch_size=16, learning_rate=1e-3, eval_steps=100, save_steps=100,
+                             logging_steps=50, **quiet),
+    )
+    return instruct(
+        InstructionArguments(model=str(output / "base"), data=data, mode=mode, max_new_tokens=128),
+        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=5, per_device_eval_batch_size=16,
+                                     learning_rate=1e-3 if mode == "full" else 3e-3, **quiet),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="Path to instruction-data.json")
@@ -44,23 +63,7 @@ def main():
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--mode", default="full", choices=["full", "lora"])
     cli = parser.parse_args()
-    output = Path(cli.output_dir)
-    quiet = {"disable_tqdm": True, "dataloader_pin_memory": False}
-
-    pretrain(
-        ModelArguments(tokenizer_kind="bpe", tokenizer_vocab_size=4096, context_length=256, emb_dim=128, n_heads=4,
-                       n_layers=4, drop_rate=0.1),
-        DataArguments(data="python-docs", max_length=128, validation_fraction=0.05, shuffle_seed=0,
-                      sample_prompt="The instruction"),
-        PretrainingArguments(output_dir=str(output / "base"), max_steps=cli.pretrain_steps,
-                             per_device_train_batch_size=16, learning_rate=1e-3, eval_steps=100, save_steps=100,
-                             logging_steps=50, **quiet),
-    )
-    metrics = instruct(
-        InstructionArguments(model=str(output / "base"), data=cli.data, mode=cli.mode, max_new_tokens=128),
-        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=5, per_device_eval_batch_size=16,
-                                     learning_rate=1e-3 if cli.mode == "full" else 3e-3, **quiet),
-    )
+    metrics = instruction_model(cli.data, Path(cli.output_dir), cli.pretrain_steps, cli.mode)
     print(f"exact_match={metrics['exact_match']:.4f} word_f1={metrics['word_f1']:.4f}")
     print(f"base_test_loss={metrics['base_test_loss']:.4f} tuned_test_loss={metrics['test_loss']:.4f} "
           f"wall_s={time.perf_counter() - START:.1f}")

@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from .book import from_book, to_book
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .convert import from_gpt2, to_gpt2
 from .modeling_scratch_gpt import (
@@ -37,4 +38,6 @@ __all__ = [
     "ScratchGPTForSequenceClassification",
     "from_gpt2",
     "to_gpt2",
+    "from_book",
+    "to_book",
 ]

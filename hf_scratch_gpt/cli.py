@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 from transformers import HfArgumentParser
 
@@ -118,17 +119,51 @@ def chat_command(args: ChatArguments, model_dir: str) -> None:
         _generate(model, tokenizer, args, inputs, TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
 
 
-def convert_command(source: str, destination: str) -> None:
-    """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type)."""
+BOOK_SUFFIXES = (".pth", ".pt")  # what the book's torch.save(model.state_dict(), ...) files are called
+
+
+@dataclass
+class ConvertArguments:
+    to: Literal["book"] | None = field(default=None, metadata={
+        "help": "'book': write a model of ours as the book's state dict, a .pth file its GPTModel loads."})
+    n_heads: int | None = field(default=None, metadata={
+        "help": "From a book checkpoint: its attention heads, which the tensors do not show (default: GPT-2's for "
+                "its width: 768 -> 12, 1024 -> 16, 1280 -> 20, 1600 -> 25)."})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "From a book checkpoint with LoRA layers (appendix E): the alpha it was trained with, which the "
+                "file does not hold (default: the book's, 16)."})
+    tokenizer: str = field(default="openai-community/gpt2", metadata={
+        "help": "From a book checkpoint: the tokenizer to save with it: a folder of GPT-2's encoder.json and "
+                "vocab.bpe (as the book downloads them) or of a saved tokenizer, or a Hub id."})
+
+    def __post_init__(self):
+        if self.n_heads is not None and self.n_heads <= 0:
+            raise ValueError(f"--n_heads={self.n_heads} is invalid: it must be a positive integer.")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha={self.lora_alpha} is invalid: the LoRA scale must be positive.")
+
+
+def convert_command(args: ConvertArguments, source: str, destination: str) -> None:
+    """GPT-2 folder or Hub id -> ScratchGPT folder, or ScratchGPT folder -> GPT-2 folder (by the source's type);
+    a book checkpoint (.pth) -> ScratchGPT folder, or with `--to book` a ScratchGPT folder -> book checkpoint."""
+    from_book = Path(source).suffix in BOOK_SUFFIXES and args.to is None
+    book_flags = [f"--{name}" for name in ("n_heads", "lora_alpha") if getattr(args, name) is not None]
+    if book_flags and not from_book:
+        raise ValueError(f"{' '.join(book_flags)} apply to a book checkpoint (a .pth file) only; {source} is not one.")
+    if args.to == "book":
+        return _convert_to_book(source, Path(destination))
+    output = Path(destination)
+    if output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"Output folder {destination} already exists and is not empty; choose another destination.")
+    if from_book:
+        return _convert_from_book(args, source, output)
+
     from .convert import to_gpt2
     from .hub import write_conversion_card
     from .loading import has_tokenizer, load_config, load_model, load_tokenizer
     from .modeling_scratch_gpt import ScratchGPTForCausalLM
     from .recipes.runs import output_folder, saving_into
 
-    output = Path(destination)
-    if output.is_dir() and any(output.iterdir()):
-        raise ValueError(f"Output folder {destination} already exists and is not empty; choose another destination.")
     from_gpt2 = load_config(source).model_type == "gpt2"
     scratch = load_model(source, ScratchGPTForCausalLM)
     converted = scratch if from_gpt2 else to_gpt2(scratch)
@@ -140,6 +175,97 @@ def convert_command(source: str, destination: str) -> None:
         write_conversion_card(staging, model_name=output.name, source=source, scratch_model=scratch,
                               target_type=converted.config.model_type)
     print(f"Saved {type(converted).__name__} to {destination}")
+
+
+def _convert_from_book(args: ConvertArguments, source: str, output: Path) -> None:
+    """A folder of ours from the book's checkpoint. With LoRA layers: the model they make (merged) in the folder,
+    the PEFT adapter in `adapter/` and the weights it goes on in `base/`."""
+    import copy
+
+    from .book import BOOK_LORA_ALPHA, from_book
+    from .hub import write_book_card
+    from .loading import load_tokenizer
+    from .recipes.runs import output_folder, saving_into
+
+    model = from_book(source, {"n_heads": args.n_heads} if args.n_heads else None, args.lora_alpha)
+    tokenizer = load_tokenizer(args.tokenizer)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"--tokenizer {args.tokenizer} has {len(tokenizer)} tokens but the checkpoint's vocabulary "
+                         f"holds {model.config.vocab_size}; give the tokenizer the model was trained with.")
+    lora = type(model).__name__.startswith("Peft")
+    with output_folder(output), saving_into(output) as staging:
+        if lora:
+            model.save_pretrained(staging / "adapter")
+            copy.deepcopy(model).unload().save_pretrained(staging / "base")
+            model = model.merge_and_unload()
+        folders = (staging, staging / "adapter", staging / "base") if lora else (staging,)
+        model.save_pretrained(staging)
+        for folder in folders:
+            tokenizer.save_pretrained(folder)
+        write_book_card(staging, model_name=output.name, source=source, model=model,
+                        lora_alpha=(args.lora_alpha or BOOK_LORA_ALPHA) if lora else None)
+    print(f"Saved {type(model).__name__} to {output}" + (" (LoRA: merged; adapter/ and base/ beside)" if lora else ""))
+
+
+def _convert_to_book(source: str, destination: Path) -> None:
+    """The book's state dict of a model of ours, written whole or not at all (a temporary file, then renamed)."""
+    import os
+    import tempfile
+
+    import torch
+
+    from .book import book_config, to_book
+    from .loading import load_config, load_model
+    from .modeling_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
+
+    if destination.suffix not in BOOK_SUFFIXES:
+        raise ValueError(f"--to book writes a .pth file; {destination} is not named like one.")
+    if destination.exists():
+        raise ValueError(f"{destination} already exists; choose another destination.")
+    if not destination.parent.is_dir():
+        raise ValueError(f"Folder {destination.parent} does not exist; create it or choose another destination.")
+    config = load_config(source)
+    classifier = "ScratchGPTForSequenceClassification" in (config.architectures or [])
+    model = load_model(source, ScratchGPTForSequenceClassification if classifier else ScratchGPTForCausalLM,
+                       config=config)
+    state = to_book(model)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    os.close(handle)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, destination)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    c = model.config
+    head = f", its out_head set to torch.nn.Linear({c.emb_dim}, {c.num_labels}) (chapter 6)" if classifier else ""
+    print(f"Saved the book's state dict to {destination}; load it into GPTModel({book_config(c)}){head}")
+
+
+@dataclass
+class ExportArguments:
+    format: Literal["gguf", "gpt2"] = field(default="gguf", metadata={
+        "help": "gguf: a GGUF file for llama.cpp with an Ollama Modelfile beside it; gpt2: a GPT2LMHeadModel "
+                "folder that needs no custom code (what `convert` writes)."})
+    dtype: Literal["f32", "f16", "q8_0"] | None = field(default=None, metadata={
+        "help": "How the GGUF file stores the weight matrices: f32 (exact, the default), f16 (half the size), "
+                "q8_0 (about a quarter)."})
+
+    def __post_init__(self):
+        if self.dtype is not None and self.format != "gguf":
+            raise ValueError(f"--dtype applies to --format gguf only, not to --format {self.format}.")
+
+
+def export_command(args: ExportArguments, model_dir: str, destination: str) -> None:
+    """A model for llama.cpp and Ollama (GGUF and Modelfile), or as a plain GPT-2 folder."""
+    from .export import MODELFILE, export_gguf, require_language_model
+
+    if args.format == "gpt2":
+        if require_language_model(model_dir).model_type == "gpt2":
+            raise ValueError(f"{model_dir} holds a GPT-2 model already; it needs no export.")
+        return convert_command(ConvertArguments(), model_dir, destination)
+    path = export_gguf(model_dir, destination, args.dtype or "f32")
+    print(f"Saved {path} and {path.parent / MODELFILE}: ollama create NAME -f {path.parent / MODELFILE}")
 
 
 @dataclass
@@ -217,12 +343,20 @@ COMMANDS = {
     "instruct": Recipe("Fine-tune a model to follow instructions (LoRA by default).", "instruction", "instruct",
                        ("InstructionArguments", "InstructionTrainingArguments"), "the instruction model",
                        ("base_test_loss", "test_loss", "word_f1")),
+    "dpo": Recipe("Tune an instruction model on preference pairs with DPO (LoRA by default).", "dpo", "dpo",
+                  ("PreferenceArguments", "DPOTrainingArguments"), "the preference-tuned model",
+                  ("base_eval_loss", "eval_loss", "eval_reward_accuracy", "test_reward_accuracy")),
     "generate": Tool("Continue a prompt with a saved model.", generate_command, (GenerateArguments,),
                      (("model_dir", "Saved model folder."),)),
     "chat": Tool("Chat with an instruction model: one instruction per line on standard input, replies streamed.",
                  chat_command, (ChatArguments,), (("model_dir", "Instruction model folder."),)),
-    "convert": Tool("Convert GPT-2 <-> ScratchGPT checkpoints (direction from the source).", convert_command, (),
-                    (("source", "GPT-2 or ScratchGPT folder (or GPT-2 Hub id)."), ("destination", "Output folder."))),
+    "convert": Tool("Convert GPT-2 or the book's checkpoints <-> ScratchGPT (direction from the source, or --to).",
+                    convert_command, (ConvertArguments,),
+                    (("source", "GPT-2 or ScratchGPT folder, GPT-2 Hub id, or the book's .pth checkpoint."),
+                     ("destination", "Output folder (a .pth file with --to book)."))),
+    "export": Tool("Export a model for llama.cpp and Ollama (GGUF file and Modelfile), or as a plain GPT-2 folder.",
+                   export_command, (ExportArguments,), (("model_dir", "Saved causal LM folder (ours or GPT-2's)."),
+                                                         ("destination", "Output folder."))),
     "push": Tool("Upload a saved folder to the Hugging Face Hub in one commit (checkpoints stay behind).",
                  push_command, (PushArguments,), (("folder", "Folder to upload (a model or adapter folder)."),
                                                   ("repo_id", "Hub repo: owner/name, or a name under your user."))),
@@ -235,7 +369,7 @@ def usage() -> str:
     lines = ["usage: hf-scratch-gpt COMMAND [flags] [--debug]", "", "commands:"]
     lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
     lines += ["", "`hf-scratch-gpt COMMAND --help` lists a command's flags. The training commands (pretrain, classify,",
-              "instruct) also read them from a YAML or JSON file: `hf-scratch-gpt pretrain run.yaml` or",
+              "instruct, dpo) also read them from a YAML or JSON file: `hf-scratch-gpt pretrain run.yaml` or",
               "`--config run.yaml`; flags on the command line win. Every run writes its own as run.yaml."]
     return "\n".join(lines)
 

@@ -21,6 +21,8 @@ from huggingface_hub.dataclasses import strict  # noqa: E402 (after the version 
 from transformers import PreTrainedConfig  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
 
+INITIALIZATIONS = ("gpt2", "book")  # GPT-2's scheme, or PyTorch's module defaults as the book's GPTModel has them
+
 
 @strict
 class ScratchGPTConfig(PreTrainedConfig):
@@ -42,8 +44,14 @@ class ScratchGPTConfig(PreTrainedConfig):
         bias (`bool`): whether the other linear layers and the LayerNorms have biases (GPT-2 and the
             book: yes; nanoGPT's default: no, a little better and faster).
         layer_norm_epsilon (`float`): epsilon of every LayerNorm.
-        initializer_range (`float`): standard deviation of the normal initialisation.
+        initializer_range (`float`): standard deviation of the normal initialisation (GPT-2's scheme).
+        initialization (`str`): how a new model's weights start: `"gpt2"`, GPT-2's normal(0,
+            initializer_range) with the residual projections scaled down, for real pretraining; or `"book"`,
+            PyTorch's module defaults as the book's `GPTModel` keeps them (embeddings normal(0, 1), linear
+            layers uniform in +-1/sqrt(fan_in)), to reproduce the book's chapter-5 figures.
         tie_word_embeddings (`bool`): share the token embedding with the output head.
+        classifier_bias (`bool`): whether the classification head (`score`) has a bias, as the book's
+            chapter-6 classifier head does.
         pad_token_id / bos_token_id / eos_token_id: special token ids, or `None`.
         use_cache (`bool`): whether inference returns a key/value cache for fast decoding.
     """
@@ -68,7 +76,9 @@ class ScratchGPTConfig(PreTrainedConfig):
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    initialization: str = "gpt2"
     tie_word_embeddings: bool = True
+    classifier_bias: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -90,6 +100,8 @@ class ScratchGPTConfig(PreTrainedConfig):
         _require("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "must be in [0, 1)")
         _require("layer_norm_epsilon", self.layer_norm_epsilon, self.layer_norm_epsilon > 0, "must be > 0")
         _require("initializer_range", self.initializer_range, self.initializer_range > 0, "must be > 0")
+        _require("initialization", self.initialization, self.initialization in INITIALIZATIONS,
+                 f"must be one of {', '.join(INITIALIZATIONS)}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             ids = value if isinstance(value, list) else [] if value is None else [value]

@@ -1,5 +1,6 @@
 """Data with `datasets`: reading local and Hub data, labelled texts for classification (chapter 6),
-instruction records and their collator (chapter 7). Pretraining corpora (chapter 2) live in `corpus`."""
+instruction records and their collator (chapter 7), preference pairs for DPO (chapter 7's bonus). Pretraining
+corpora (chapter 2) live in `corpus`."""
 
 import csv
 import glob
@@ -277,6 +278,47 @@ def build_instruction_dataset(
 
     return split_dataset(dataset, fractions, seed).map(tokenize, desc="Formatting and tokenizing")
 
+
+
+def load_preferences(source: str | os.PathLike, drop_identical_pairs: bool = False) -> Dataset:
+    """Preference pairs: the book's records (`instruction`, optional `input`, `chosen`, `rejected`; other fields
+    such as `output` kept) or TRL's (`prompt`, `chosen`, `rejected`: texts, or conversations), from the files
+    `load_instructions` reads or a Hub dataset. A pair whose responses are equal prefers nothing: refused, or left
+    out with `drop_identical_pairs` (the book's own set has six)."""
+    files = _data_files(source, "Data")
+    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
+    columns = dataset.column_names
+    prompt = "prompt" if "prompt" in columns else "instruction"
+    missing = [name for name in (prompt, "chosen", "rejected") if name not in columns]
+    if missing:
+        raise ValueError(f"Data {source} has records without a {missing[0]!r} field; their fields are {columns}. "
+                         "Preference data needs 'instruction' (and optionally 'input') or 'prompt', with "
+                         "'chosen' and 'rejected' responses, in every record.")
+    if len(dataset) == 0:
+        raise ValueError(f"Data {source} holds no records.")
+    _require_values(dataset, [prompt, "chosen", "rejected"], source, "record")
+    if prompt == "instruction":
+        if "input" not in columns:
+            dataset = dataset.add_column("input", [""] * len(dataset))
+        dataset = dataset.map(lambda row: {"input": row["input"] or ""})
+    identical = [i for i, (chosen, rejected) in enumerate(zip(dataset["chosen"], dataset["rejected"]))
+                 if chosen == rejected]
+    if identical and not drop_identical_pairs:
+        raise ValueError(f"Data {source}: {len(identical)} record(s) have a chosen response equal to the rejected "
+                         f"one (the first is record {identical[0] + 1}), a pair that prefers nothing; remove them, "
+                         "or pass --drop_identical_pairs to leave them out.")
+    return dataset.select(sorted(set(range(len(dataset))) - set(identical))) if identical else dataset
+
+
+def preference_pair(record: dict) -> dict:
+    """A record as TRL's preference pair. The book's records become conversations in the Alpaca template's roles,
+    so that TRL writes them with the tokenizer's chat template (the prompt exactly as at generation time, each
+    response closed by end-of-text); TRL's own pairs pass as they are."""
+    if "prompt" in record:
+        return {name: record[name] for name in ("prompt", "chosen", "rejected")}
+    return {"prompt": instruction_messages(record, with_response=False),
+            "chosen": [{"role": "assistant", "content": record["chosen"]}],
+            "rejected": [{"role": "assistant", "content": record["rejected"]}]}
 
 @dataclass
 class InstructionCollator:

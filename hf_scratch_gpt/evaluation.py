@@ -15,19 +15,25 @@ from .data import instruction_messages
 
 
 def generate_responses(model, tokenizer, records, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
-    """Greedy responses to `records` (dicts with instruction / input), prompted with the tokenizer's
-    chat template and stopped at end-of-text. Prompts of similar length are batched together
-    (left-padded); `max_new_tokens` is capped by the room left in the context."""
-    prompts = [tokenizer.apply_chat_template(instruction_messages(r, with_response=False), tokenize=False,
-                                             add_generation_prompt=True) for r in records]
+    """Greedy responses to `records` (dicts with instruction / input), prompted with the tokenizer's chat template."""
+    return generate_replies(model, tokenizer, [instruction_messages(r, with_response=False) for r in records],
+                            max_new_tokens, batch_size)
+
+
+def generate_replies(model, tokenizer, prompts, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
+    """Greedy replies to `prompts` (texts as they are, or conversations written with the tokenizer's chat
+    template), stopped at end-of-text. Prompts of similar length are batched together (left-padded);
+    `max_new_tokens` is capped by the room left in the context."""
+    prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+               for p in prompts]
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     context = model.config.max_position_embeddings
     too_long = [i for i, ids in enumerate(encoded) if len(ids) >= context]
     if too_long:
         raise ValueError(f"Prompt {too_long[0]} has {len(encoded[too_long[0]])} tokens, which leaves no room in the "
                          f"model's context of {context}; shorten it.")
-    responses = [""] * len(records)
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i]))
+    responses = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):

@@ -20,27 +20,39 @@ _RUN_METRICS = ("runtime", "per_second", "preparation_time", "epoch")
 
 def plot_losses(log_history: list[dict], path: Path, tokens_per_step: int | None = None) -> None:
     """Training and validation loss against steps, with tokens seen on a second axis when known (as the
-    book plots pretraining)."""
+    book plots pretraining); beside them, for preference tuning, the reward margin and accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    validation = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for points, label, style in ((train, "Training loss", "-"), (validation, "Validation loss", "-.")):
-        if points:
-            axis.plot(*zip(*points), style, label=label, marker="o" if len(points) < 3 else None)
-    axis.set_xlabel("Steps")
-    axis.set_ylabel("Loss")
-    axis.legend(loc="upper right")
+    rewards = any("rewards/margins" in e or "eval_rewards/margins" in e for e in log_history)
+    figure, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 6, 4), squeeze=False)
+    axis = axes[0, 0]
+    _plot_series(axis, log_history, {"loss": "Training loss", "eval_loss": "Validation loss"}, "Loss")
     if tokens_per_step:
         tokens_axis = axis.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
         tokens_axis.set_xlabel("Tokens seen")
+    if rewards:
+        _plot_series(axes[0, 1], log_history, {"rewards/margins": "Training reward margin",
+                                               "eval_rewards/margins": "Validation reward margin",
+                                               "eval_rewards/accuracies": "Validation reward accuracy"}, "Reward")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _plot_series(axis, log_history: list[dict], series: dict, ylabel: str) -> None:
+    """One line per logged value in `series` (key: label) against steps: training solid, validation dash-dotted.
+    A test evaluation is left out (TRL logs its rewards under `eval_` names)."""
+    for key, label in series.items():
+        points = [(e["step"], e[key]) for e in log_history if key in e and "test_loss" not in e]
+        if points:
+            axis.plot(*zip(*points), "-." if key.startswith("eval_") else "-", label=label,
+                      marker="o" if len(points) < 3 else None)
+    axis.set_xlabel("Steps")
+    axis.set_ylabel(ylabel)
+    axis.legend(loc="upper right")
 
 
 # ---------------------------------------------------------------------------------------------- model cards
@@ -83,11 +95,44 @@ def write_instruction_card(output_dir: Path, *, model_name, base_model, model, d
     )
 
 
+def write_preference_card(output_dir: Path, *, model_name, base_model, model, data, mode, dataset_sizes,
+                          training_args, metrics, examples, wall_seconds) -> ModelCard:
+    """Write `README.md` for a preference-tuned model: base model, pairs, DPO settings, rewards and loss before
+    and after, a few test responses, how to chat with it."""
+    hyperparameters = {"beta": training_args.beta, "loss": ", ".join(training_args.loss_type),
+                       "reference": "the base (adapter switched off)" if mode == "lora" else "a frozen copy of the base",
+                       "pairs cut to (tokens)": training_args.max_length,
+                       **_fine_tuning(training_args, mode, wall_seconds)}
+    return _write_card(
+        output_dir, "dpo.md", "text-generation", model=model, model_name=model_name, data=data, metrics=metrics,
+        base_model=base_model, mode=mode, hyperparameters=hyperparameters, dataset_sizes=dataset_sizes,
+        examples=examples, tags=("trl", "dpo"),
+    )
+
+
 def write_conversion_card(output_dir: Path, *, model_name, source, scratch_model, target_type) -> ModelCard:
     """Write `README.md` for a converted checkpoint: where it came from, the architecture, how exact the
     conversion is and how to load it."""
     return _write_card(output_dir, "convert.md", "text-generation", model=scratch_model, model_name=model_name,
                        base_model=source, target_type=target_type, custom_code=target_type == "scratch_gpt")
+
+
+def write_book_card(output_dir: Path, *, model_name, source, model, lora_alpha=None) -> ModelCard:
+    """Write `README.md` for a checkpoint of the book's code: where it came from, the architecture, how to load
+    it and take it back; with LoRA, the same card (PEFT metadata) for its `adapter/` folder."""
+    from .book import book_config
+    from .modeling_scratch_gpt import ScratchGPTForSequenceClassification
+
+    classifier = isinstance(model, ScratchGPTForSequenceClassification)
+    pipeline = "text-classification" if classifier else "text-generation"
+    card = _write_card(output_dir, "book.md", pipeline, model=model, model_name=model_name, base_model=source,
+                       pipeline=pipeline, lora_alpha=lora_alpha, book_config=book_config(model.config),
+                       auto_class="AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM")
+    if lora_alpha:
+        adapter_card = ModelCard(str(card))
+        adapter_card.data.library_name = "peft"
+        adapter_card.save(Path(output_dir) / "adapter" / "README.md")
+    return card
 
 
 def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> ModelCard:
@@ -107,7 +152,7 @@ def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str) -> M
 
 
 def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, model_name, data=None,
-                metrics=None, hyperparameters=None, base_model=None, mode=None, custom_code=True,
+                metrics=None, hyperparameters=None, base_model=None, mode=None, custom_code=True, tags=(),
                 **values) -> ModelCard:
     """Render a `model_cards/` template under the metadata every card of ours carries: library, task, tags,
     license, base model, data sets and a model-index of the metrics measured."""
@@ -118,7 +163,7 @@ def _write_card(output_dir: Path, template: str, pipeline_tag: str, *, model, mo
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         tags=["scratch_gpt", *(["custom_code"] if custom_code else []), pipeline_tag,
-              *(["lora", "peft"] if mode == "lora" else [])],
+              *(["lora", "peft"] if mode == "lora" else []), *tags],
         license="apache-2.0",
         base_model=_hub_id(base_model),
         datasets=[dataset] if dataset else None,

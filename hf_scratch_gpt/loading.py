@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer
 
 from .convert import from_gpt2
+from .tokenization import gpt2_tokenizer
 
 MODEL_TYPES = ("scratch_gpt", "gpt2")  # ours, and GPT-2's (converted on the way in)
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -58,12 +59,15 @@ def _require_supported(source, model_type) -> None:
 
 
 def load_tokenizer(source: str, pad_with_eos: bool = False, config=None):
-    """The tokenizer saved with `source`; with `pad_with_eos`, padding with end-of-text when it has no pad
+    """The tokenizer saved with `source`, or GPT-2's from a folder of OpenAI's released `encoder.json` and
+    `vocab.bpe` (what the book downloads); with `pad_with_eos`, padding with end-of-text when it has no pad
     token (as the book does). `config`: the model's, when `load_config` has already checked it."""
     if _is_local(source):
         folder = Path(source)
         if not folder.is_dir():
             raise ValueError(f"{source} is not a folder; give the folder a model and its tokenizer were saved to.")
+        if _is_openai_release(folder):
+            return gpt2_tokenizer(folder / "encoder.json", folder / "vocab.bpe")  # pads with end-of-text already
         checked = config is not None or not (folder / "config.json").exists()
         if not checked and _config_fields(folder).get("model_type") in MODEL_TYPES:
             load_config(source)  # the tokenizer reads the model's config: check it first
@@ -79,7 +83,14 @@ def load_tokenizer(source: str, pad_with_eos: bool = False, config=None):
 
 
 # What a saved tokenizer leaves in a folder: the fast tokenizer, its settings, or GPT-2's vocabulary files.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "encoder.json")
+
+
+def _is_openai_release(folder: Path) -> bool:
+    """A folder of GPT-2's tokenizer files as OpenAI released them, and nothing transformers saved."""
+    return (all((folder / name).is_file() for name in ("encoder.json", "vocab.bpe"))
+            and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")))
 
 
 def has_tokenizer(source: str) -> bool:

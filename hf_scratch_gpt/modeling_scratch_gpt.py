@@ -148,10 +148,14 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """GPT-2's scheme: normal(0, initializer_range) everywhere (the parent does it), and the two
-        projections that write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
+        """GPT-2's scheme (`initialization="gpt2"`): normal(0, initializer_range) everywhere (the parent does
+        it), and the two projections that write into the residual stream scaled by 1/sqrt(2 * n_layers).
+        The book's (`"book"`): PyTorch's module defaults, which the book's `GPTModel` never changes."""
+        if self.config.initialization == "book" and isinstance(module, (nn.Linear, nn.Embedding)):
+            _pytorch_default_init(module)
+            return
         super()._init_weights(module)
-        if getattr(module, "writes_residual", False):
+        if self.config.initialization == "gpt2" and getattr(module, "writes_residual", False):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range / math.sqrt(2 * self.config.n_layers))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -164,6 +168,18 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             "AutoModelForSequenceClassification": "modeling_scratch_gpt.ScratchGPTForSequenceClassification",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _pytorch_default_init(module):
+    """`reset_parameters` of nn.Embedding (normal(0, 1)) and nn.Linear (Kaiming-uniform weights, biases uniform in
+    +-1/sqrt(fan_in)), through transformers' init functions, which leave weights loaded from a checkpoint alone."""
+    if isinstance(module, nn.Embedding):
+        init.normal_(module.weight)
+        return
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        bound = 1 / math.sqrt(module.in_features)
+        init.uniform_(module.bias, -bound, bound)
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
@@ -376,7 +392,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = ScratchGPTModel(config)
-        self.score = nn.Linear(config.emb_dim, config.num_labels, bias=False)
+        self.score = nn.Linear(config.emb_dim, config.num_labels, bias=config.classifier_bias)
         self.post_init()
 
     @can_return_tuple

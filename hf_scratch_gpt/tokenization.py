@@ -18,6 +18,7 @@ END_OF_TEXT = "<|endoftext|>"
 GPT2_BPE_SHA256 = "0f8c9d6ae8900a28603a84f9c4be747822b43891146b9d76e7d3faf936c34c0b"
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 UNKNOWN = "<|unk|>"
+LONG_RUN = r"\S{64}"  # what the BPE of `train_tokenizer` cuts text at before GPT-2's regex finds words
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -65,7 +66,7 @@ def train_tokenizer(
         # Runs of more than 64 non-space characters are cut into pieces first: BPE training time grows with
         # the square of a word's length, and one long line without spaces would otherwise take hours.
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\S{64}"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LONG_RUN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ])
         tokenizer.decoder = decoders.ByteLevel()
@@ -180,23 +181,42 @@ def _tiktoken_gpt2(tokenizer):
         import tiktoken
     except ImportError:
         return None
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    spec = gpt2_style_bpe(tokenizer)
+    if spec is None or spec["cuts_long_runs"]:
         return None
-    spec = json.loads(backend.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    model = spec["model"]
-    plain = (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space")
-             and pre.get("use_regex", True) and model.get("type") == "BPE" and model.get("dropout") is None)
-    added = tokenizer.added_tokens_decoder
-    if not plain or any(t.lstrip or t.rstrip or t.single_word for t in added.values()):
-        return None
+    model, added = spec["model"], tokenizer.added_tokens_decoder
     if _bpe_fingerprint(model) != GPT2_BPE_SHA256:
         return None
     byte_of = {char: byte for byte, char in _byte_level_alphabet().items()}
     ranks = {bytes(byte_of[c] for c in token): rank for token, rank in model["vocab"].items() if rank not in added}
     return tiktoken.Encoding("gpt2-bpe", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
                              special_tokens={t.content: i for i, t in added.items()})
+
+
+def gpt2_style_bpe(tokenizer) -> dict | None:
+    """The `tokenizers` spec of `tokenizer` when it is byte-level BPE as GPT-2's (what other GPT-2 encoders,
+    tiktoken and llama.cpp, reproduce): no normalizer, words found by GPT-2's regex, added tokens matched as
+    written. Its `cuts_long_runs` is true when runs of 64 non-space characters are cut first, as the BPE of
+    `train_tokenizer` does; GPT-2's regex alone keeps them whole. None for any other tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    pre, model = spec.get("pre_tokenizer") or {}, spec["model"]
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    long_run_cut = {"type": "Split", "pattern": {"Regex": LONG_RUN}, "behavior": "Isolated", "invert": False}
+    cuts_long_runs = steps[:1] == [long_run_cut]
+    words = steps[1:] if cuts_long_runs else steps
+    gpt2_words = (len(words) == 1 and words[0].get("type") == "ByteLevel" and not words[0].get("add_prefix_space")
+                  and words[0].get("use_regex", True))
+    plain_bpe = (model.get("type") == "BPE" and model.get("dropout") is None and not model.get("ignore_merges")
+                 and not model.get("byte_fallback") and not model.get("continuing_subword_prefix")
+                 and not model.get("end_of_word_suffix"))
+    added = tokenizer.added_tokens_decoder.values()
+    if spec.get("normalizer") is not None or not gpt2_words or not plain_bpe or any(
+            t.lstrip or t.rstrip or t.single_word for t in added):
+        return None
+    return spec | {"cuts_long_runs": cuts_long_runs}
 
 
 def _bpe_fingerprint(model: dict) -> str:

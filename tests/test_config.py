@@ -1,6 +1,8 @@
 import json
+import math
 
 import pytest
+import torch
 
 from hf_scratch_gpt import ScratchGPTConfig
 
@@ -42,6 +44,7 @@ def test_json_round_trip(tmp_path):
         (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon", "> 0"),
         (dict(initializer_range=-0.02), "initializer_range", "> 0"),
         (dict(activation_function="gleu"), "activation_function", "gelu_pytorch_tanh"),
+        (dict(initialization="xavier"), "initialization", "one of gpt2, book"),
         (dict(vocab_size=10, pad_token_id=10), "pad_token_id", "vocab_size=10"),
         (dict(vocab_size=10, bos_token_id=-1), "bos_token_id", "vocab_size=10"),
         (dict(vocab_size=10, eos_token_id=[3, 12]), "eos_token_id", "vocab_size=10"),
@@ -58,3 +61,63 @@ def test_each_field_is_validated(fields, field, rule):
 def test_wrong_type_names_the_field():
     with pytest.raises(Exception, match="n_heads"):
         ScratchGPTConfig(n_heads="twelve")
+
+
+def _initialised(initialization=None, **fields):
+    from hf_scratch_gpt import ScratchGPTForCausalLM
+
+    torch.manual_seed(0)
+    extra = {} if initialization is None else {"initialization": initialization}
+    config = ScratchGPTConfig(vocab_size=500, context_length=64, emb_dim=128, n_heads=4, n_layers=4, qkv_bias=True,
+                              tie_word_embeddings=False, **extra, **fields)
+    return ScratchGPTForCausalLM(config)
+
+
+def test_book_initialization_is_pytorchs_module_defaults():
+    """What the book's GPTModel starts from: embeddings N(0, 1); linear weights and biases uniform in
+    +-1/sqrt(fan_in) (Kaiming-uniform with a=sqrt(5)); LayerNorm scale 1, shift 0; nothing scaled down."""
+    model = _initialised("book")
+    block = model.model.trf_blocks[0]
+    for embedding in (model.model.tok_emb.weight, model.model.pos_emb.weight):
+        assert abs(embedding.std().item() - 1) < 0.05 and abs(embedding.mean().item()) < 0.05
+    for linear in (block.att.qkv, block.att.out_proj, block.ff.fc_in, block.ff.fc_out, model.out_head):
+        bound = 1 / math.sqrt(linear.in_features)
+        weight = linear.weight
+        assert weight.abs().max().item() <= bound and weight.abs().max().item() > 0.99 * bound
+        assert abs(weight.std().item() - bound / math.sqrt(3)) < 0.03 * bound  # a uniform's spread
+        if linear.bias is not None:
+            assert linear.bias.abs().max().item() <= bound and linear.bias.std().item() > 0.4 * bound
+    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(block.norm1.bias, torch.zeros(128))
+
+
+def test_gpt2_initialization_stays_the_default():
+    model = _initialised()
+    assert model.config.initialization == "gpt2"
+    block = model.model.trf_blocks[0]
+    assert abs(model.model.tok_emb.weight.std().item() - 0.02) < 0.002
+    assert abs(block.att.qkv.weight.std().item() - 0.02) < 0.002 and not block.att.qkv.bias.any()
+    assert abs(block.ff.fc_out.weight.std().item() - 0.02 / math.sqrt(8)) < 0.001  # residual writers scaled
+
+
+def test_initialization_is_saved_and_loaded_and_old_configs_read_as_gpt2(tmp_path):
+    from hf_scratch_gpt import ScratchGPTForCausalLM
+
+    model = _initialised("book")
+    model.save_pretrained(tmp_path / "book")
+    assert json.loads((tmp_path / "book" / "config.json").read_text())["initialization"] == "book"
+    loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "book")
+    assert loaded.config.initialization == "book"
+    for key, tensor in model.state_dict().items():  # loading initialises nothing it has weights for
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    fields = json.loads((tmp_path / "book" / "config.json").read_text())
+    del fields["initialization"]  # a config saved before the field existed
+    (tmp_path / "book" / "config.json").write_text(json.dumps(fields))
+    assert ScratchGPTConfig.from_pretrained(tmp_path / "book").initialization == "gpt2"
+
+
+def test_pretrain_takes_the_initialization_flag():
+    from hf_scratch_gpt.recipes import ModelArguments
+
+    assert ModelArguments(initialization="book").config_fields()["initialization"] == "book"
+    with pytest.raises(ValueError, match="initialization='xavier' is invalid"):
+        ModelArguments(initialization="xavier")

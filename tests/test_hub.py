@@ -206,4 +206,4 @@ def test_a_non_editable_install_ships_the_card_templates(tmp_path):
     (wheel,) = tmp_path.glob("hf_scratch_gpt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     templates = {f"hf_scratch_gpt/model_cards/{p.name}" for p in (root / "model_cards").glob("*.md")}
-    assert len(templates) == 4 and templates <= names
+    assert len(templates) >= 4 and templates <= names  # one template per kind of card, each shipped

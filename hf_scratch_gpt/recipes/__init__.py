@@ -8,18 +8,22 @@ files only it writes to `Run.save`. The command line gets it with one `Recipe` e
 """
 
 from .classification import ClassificationArguments, ClassificationTrainingArguments, classify
+from .dpo import DPOTrainingArguments, PreferenceArguments, dpo
 from .instruction import InstructionArguments, InstructionTrainingArguments, instruct
 from .pretraining import DataArguments, ModelArguments, PretrainingArguments, pretrain
 
 __all__ = [
     "ClassificationArguments",
     "ClassificationTrainingArguments",
+    "DPOTrainingArguments",
     "DataArguments",
     "InstructionArguments",
     "InstructionTrainingArguments",
     "ModelArguments",
+    "PreferenceArguments",
     "PretrainingArguments",
     "classify",
+    "dpo",
     "instruct",
     "pretrain",
 ]

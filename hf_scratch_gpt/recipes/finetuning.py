@@ -56,24 +56,30 @@ def make_trainable(model, args: FineTuningArguments, task_type: str, head: str):
     """LoRA adapters through PEFT (a new `head` trains in full), everything, or the book's last
     block(s) + final norm + `head`. A tied output head stays tied: LoRA never touches it."""
     if args.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)} - {head})
-        unknown = [name for name in args.lora_target_modules if name not in linear]
-        if unknown:
-            raise ValueError(f"LoRA target module(s) {unknown} do not exist in the model; its linear layers "
-                             f"are {linear}.")
-        config = LoraConfig(task_type=task_type, r=args.lora_r, lora_alpha=args.lora_alpha,
-                            lora_dropout=args.lora_dropout, target_modules=list(args.lora_target_modules),
-                            modules_to_save=[head] if task_type == "SEQ_CLS" else None)
-        return get_peft_model(model, config)
+        return get_peft_model(model, lora_config(model, args, task_type, head))
     if args.mode != "full":
         blocks = 1 if args.mode == "last_block" else 2
         model.requires_grad_(False)
         for module in (*model.model.trf_blocks[-blocks:], model.model.final_norm, getattr(model, head)):
             module.requires_grad_(True)
     return model
+
+
+def lora_config(model, args: FineTuningArguments, task_type: str, head: str):
+    """PEFT's `LoraConfig` for `args`, its target modules checked against the linear layers of `model` other
+    than `head`."""
+    from peft import LoraConfig
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)} - {head})
+    unknown = [name for name in args.lora_target_modules if name not in linear]
+    if unknown:
+        raise ValueError(f"LoRA target module(s) {unknown} do not exist in the model; its linear layers are {linear}.")
+    return LoraConfig(task_type=task_type, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=list(args.lora_target_modules),
+                      modules_to_save=[head] if task_type == "SEQ_CLS" else None)
 
 
 def require_whole_weights(trainer) -> None:

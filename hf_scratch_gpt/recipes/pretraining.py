@@ -26,6 +26,7 @@ from .runs import RecipeTrainingArguments, recipe_run
 
 SMALL_MODEL = dict(context_length=128, emb_dim=128, n_heads=4, n_layers=4)  # pretrains in a few CPU minutes
 _FROM_THE_TOKENIZER = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+_NOT_A_SHAPE = ("use_cache", "classifier_bias")  # inference, and the classification head: not pretraining's
 
 
 def _shape_fields() -> list:
@@ -35,7 +36,7 @@ def _shape_fields() -> list:
                             re.MULTILINE | re.DOTALL))
     shape = []
     for name in ScratchGPTConfig.__annotations__:
-        if name in _FROM_THE_TOKENIZER or name == "use_cache":
+        if name in _FROM_THE_TOKENIZER or name in _NOT_A_SHAPE:
             continue
         default = SMALL_MODEL.get(name, getattr(ScratchGPTConfig, name))
         help_text = " ".join(helps[name].split())

@@ -236,6 +236,7 @@ class Run:
         if datasets.get("validation") is None:
             self.trainer_args.eval_strategy = IntervalStrategy.NO
             self.trainer_args.load_best_model_at_end = False
+            self.trainer_args.eval_on_start = False
         return trainer_class(model=model, args=self.trainer_args, train_dataset=datasets["train"],
                              eval_dataset=datasets.get("validation"), processing_class=tokenizer,
                              data_collator=data_collator, callbacks=callbacks, **options)
