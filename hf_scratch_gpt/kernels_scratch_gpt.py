@@ -115,37 +115,50 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """Cross-entropy of `hidden @ weight.T` against `targets`, a chunk of rows at a time, so the (tokens x
     vocabulary) logits never exist whole: at GPT-2's shape they, their log-softmax and their gradient
     are the largest tensors of a training step. Each chunk's gradients are computed while its logits
-    are at hand and kept for the backward pass; the matmuls are the same three as the plain path's."""
+    are at hand and kept for the backward pass; the matmuls are the same three as the plain path's.
+
+    Under autocast the three matmuls run in the autocast dtype (the head's weight cast once, not once per
+    chunk) and the log-softmax in fp32, as autocast runs `linear` and `cross_entropy`; the weight's
+    gradient is summed over chunks in fp32."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, normaliser, chunk_rows):
         train_weight = ctx.needs_input_grad[1]  # a frozen head (LoRA, last blocks) needs no weight gradient
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if train_weight else None
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows, target = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
-            scored = (target != -100)[:, None]  # (chunk, 1); masks, not branches: torch.compile traces it whole
-            picked = target.clamp(min=0)[:, None]
-            logits = (rows @ weight.T).float()  # (chunk, vocab)
-            log_norm = logits.logsumexp(-1, keepdim=True)
-            loss += ((log_norm - logits.gather(1, picked)) * scored).sum()
-            grad_logits = logits.sub_(log_norm).exp_()  # the softmax, in place of the logits
-            grad_logits.scatter_add_(1, picked, -scored.to(grad_logits.dtype))
-            grad_logits.mul_(scored)
-            grad_hidden[start : start + chunk_rows] = grad_logits.to(hidden.dtype) @ weight
-            if train_weight:
-                grad_weight.addmm_(grad_logits.T, rows.float())
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if train_weight else None, normaliser)
-        return loss / normaliser
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        with torch.autocast(device, enabled=False):
+            matrix, loss = weight.to(dtype), torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden, grad_weight = torch.empty_like(hidden), None
+            for start in range(0, hidden.shape[0], chunk_rows):
+                rows, target = hidden[start : start + chunk_rows].to(dtype), targets[start : start + chunk_rows]
+                # Each row's share of the loss (0 for ignored rows): masks, not branches, so that
+                # torch.compile traces it whole.
+                share = ((target != -100) / normaliser)[:, None]
+                picked = target.clamp(min=0)[:, None]
+                log_probs = torch.log_softmax(rows @ matrix.T, dim=-1, dtype=torch.float32)  # (chunk, vocab)
+                loss -= (log_probs.gather(1, picked) * share).sum()
+                # d loss / d logits = (softmax - one-hot) x share; the share is applied to the small
+                # factors of each product instead of to this (chunk x vocabulary) matrix.
+                grad_logits = log_probs.exp_().scatter_add_(1, picked, torch.full_like(share, -1.0)).to(dtype)
+                grad_hidden[start : start + chunk_rows] = (grad_logits @ matrix) * share
+                if train_weight:
+                    scaled_rows = rows * share.to(dtype)
+                    if grad_weight is None:
+                        grad_weight = grad_logits.T @ scaled_rows
+                    else:
+                        grad_weight.addmm_(grad_logits.T, scaled_rows)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight, normaliser = ctx.saved_tensors
-        scale = grad_loss / normaliser
+        grad_hidden, grad_weight = ctx.saved_tensors
         if grad_weight is not None:
-            grad_weight = grad_weight * scale.to(grad_weight.dtype)
-        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight, None, None, None
+            # In place: no second vocabulary-sized tensor. A second backward through the same graph
+            # (retain_graph) is refused by autograd's check of the saved tensor's version.
+            # In the matmul dtype; autograd casts it to the weight's.
+            grad_weight.mul_(grad_loss.to(grad_weight.dtype))
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight, None, None, None
 
 
 def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_rows: int = 256):

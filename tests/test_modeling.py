@@ -165,6 +165,12 @@ def test_head_cross_entropy_is_the_same_in_any_chunking_and_skips_a_frozen_head(
     loss = head_cross_entropy(hidden, frozen, labels, chunk_rows=4)
     (grad_hidden,) = torch.autograd.grad(loss, hidden)
     torch.testing.assert_close(grad_hidden, results[2][1])
+    # The weight's gradient is scaled in place in backward: a second backward through the same graph is
+    # refused (autograd sees the saved tensor changed), never silently scaled twice.
+    loss = head_cross_entropy(hidden, weight, labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_hidden_states_and_attentions():
