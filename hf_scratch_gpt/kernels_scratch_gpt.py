@@ -118,8 +118,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
     are at hand and kept for the backward pass; the matmuls are the same three as the plain path's.
 
     Under autocast the three matmuls run in the autocast dtype (the head's weight cast once, not once per
-    chunk) and the log-softmax in fp32, as autocast runs `linear` and `cross_entropy`; the weight's
-    gradient is summed over chunks in fp32."""
+    chunk) and the log-softmax in fp32, as autocast runs `linear` and `cross_entropy`. The weight's gradient
+    is summed over chunks by the matmul itself (`addmm_`, fp32 inside, rounded once per chunk): at 32 chunks
+    of bf16 it is 0.7% from fp32, against 0.25% for one product; an fp32 sum would double its cost."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, normaliser, chunk_rows):
