@@ -83,8 +83,12 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (b, h, k, d)
 
-        # Only the eager path materialises attention weights, so a request for them takes it.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
+        # Only the eager path materialises attention weights, so a request for them takes it. So does
+        # training with attention dropout on the CPU: there sdpa has no fused kernel with dropout and runs
+        # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory.
+        implementation = self.config._attn_implementation
+        if output_attentions or (implementation == "sdpa" and self.training and self.dropout and query.is_cpu):
+            implementation = "eager"
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         context, attn_weights = attention(
             self,

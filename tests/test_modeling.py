@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import VOCAB, left_padded, tiny_config
 from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
 from hf_scratch_gpt import kernels_scratch_gpt as kernels
@@ -65,6 +66,29 @@ def test_eager_and_sdpa_agree_with_padding():
         eager = model(ids, attention_mask=mask).logits
     real = mask.bool()
     torch.testing.assert_close(sdpa[real], eager[real], atol=1e-5, rtol=0)
+
+
+def test_sdpa_with_attention_dropout_in_cpu_training_takes_the_eager_path(monkeypatch):
+    """sdpa has no fused CPU kernel with dropout; its fallback is ours in fp32. Training with dropout on the
+    CPU runs the eager attention (same masks from the same seed); without dropout, or in eval, sdpa runs."""
+    calls = []
+    real_sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    ids = torch.randint(0, VOCAB, (2, 9))
+    losses = {}
+    for implementation in ("eager", "sdpa"):
+        model = causal_lm(drop_rate=0.1).train()
+        model.set_attn_implementation(implementation)
+        torch.manual_seed(1)
+        losses[implementation] = model(ids, labels=ids).loss
+    assert not calls
+    torch.testing.assert_close(losses["sdpa"], losses["eager"], atol=0, rtol=0)
+    model(ids)  # in training, without labels: still dropout, still eager
+    assert not calls
+    model.eval()(ids)
+    assert len(calls) == 2  # one per block
+    causal_lm(drop_rate=0.0, attn_implementation="sdpa").train()(ids)
+    assert len(calls) == 4
 
 
 def test_attn_implementation_chosen_at_load_time(tmp_path):
