@@ -2,16 +2,17 @@
 
     python benchmarks/compare_gpt2.py            # GPT-2 124M shape, about 15 minutes on 2 cores
     python benchmarks/compare_gpt2.py --quick    # fewer repeats, about 6 minutes
-    python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training (minutes of compiling more)
+    python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training and decoding (minutes more)
 
 Prints the machine (CPU, caches, bf16 support), the fp32 and bf16 matmul peaks and the memory bandwidth
 (a buffer four times the last-level cache) measured here, then, each model in each mode (medians after
 warm-up): training tokens/s (batch 2 x 256; fp32, bf16 autocast with fp32 weights, compiled with --compile) with
 FLOP/s and MFU against the peak of the precision it computes in; greedy decode new tokens/s (prompt 32, batch
-1 and 8; fp32 and bf16 weights) with the weights' bytes read per second against the bandwidth; the peak RSS of
-a training step in the recipes' default precision (each model in its own subprocess). Each ratio compares our
-best mode with GPT-2's best mode. The last line is `train_ratio=... decode_b1_ratio=... decode_b8_ratio=...
-rss_ratio=... precision=...` (ours / GPT-2; RSS: lower is better; precision: the recipes' default here).
+1 and 8; fp32 and bf16 weights, and with --compile a compiled forward on a static cache) with the weights'
+bytes read per second against the bandwidth; the peak RSS of a training step in the recipes' default
+precision (each model in its own subprocess). Each ratio compares our best mode with GPT-2's best mode. The
+last line is `train_ratio=... decode_b1_ratio=... decode_b8_ratio=... rss_ratio=... precision=...` (ours /
+GPT-2; RSS: lower is better; precision: the recipes' default here).
 """
 
 import argparse
@@ -97,14 +98,17 @@ def memory_bandwidth() -> tuple[float, int]:
     return size / statistics.median(times[1:]), size
 
 
-def decode(model, batch: int, new_tokens: int):
+def decode(model, batch: int, new_tokens: int, compiled: bool = False):
+    """Seconds for `new_tokens` greedy tokens after a 32-token prompt; compiled: with a static cache, as
+    a compiled forward needs."""
     prompt = torch.randint(0, SHAPE["vocab_size"], (batch, 32), generator=torch.Generator().manual_seed(1))
+    cache = {"cache_implementation": "static"} if compiled else {}
     start = time.perf_counter()
     with torch.no_grad():
         # No end-of-text token: every run makes exactly `new_tokens` (min_new_tokens would instead add
         # a logits processor to every step, an overhead that is neither model's).
         output = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                                eos_token_id=None)
+                                eos_token_id=None, **cache)
     assert output.shape[1] == prompt.shape[1] + new_tokens
     return time.perf_counter() - start
 
@@ -137,7 +141,8 @@ def peak_rss(which: str, bf16: bool) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer repeats.")
-    parser.add_argument("--compile", action="store_true", help="Also measure torch.compile'd training.")
+    parser.add_argument("--compile", action="store_true",
+                        help="Also measure torch.compile'd training and decoding.")
     parser.add_argument("--rss-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,19 +178,26 @@ def main():
                          f"{flops / s / 1e9:.0f} GFLOP/s, MFU {flops / s / peak:.0%} of the {mode[:4]} peak"))
         del opts
 
-    for dtype, mode in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+    decode_modes = [(dtype, compiled) for dtype in (torch.float32, torch.bfloat16)
+                    for compiled in ((False, True) if args.compile else (False,))]
+    for dtype, compiled in decode_modes:
+        mode = ("fp32" if dtype is torch.float32 else "bf16") + (" compiled" if compiled else "")
         for model in models.values():
             model.eval().to(dtype)
+            if compiled:  # an instance attribute, deleted below: the class's forward comes back
+                model.forward = torch.compile(model.forward, fullgraph=True)
         weight_bytes = sum(p.numel() * p.element_size() for p in models["gpt2"].parameters())
         for batch_size in (1, 8):
-            seconds = alternate({n: (lambda n=n: decode(models[n], batch_size, new_tokens)) for n in models},
-                                max(1, repeats - 2), 1)
+            seconds = alternate({n: (lambda n=n: decode(models[n], batch_size, new_tokens, compiled))
+                                 for n in models}, max(1, repeats - 2), 2 if compiled else 1)
             for name, s in seconds.items():
                 steps_per_s = new_tokens / s
                 decode_rate[batch_size][name, mode] = batch_size * new_tokens / s
                 rows.append((f"decode tok/s, batch {batch_size}, {mode} weights", name, batch_size * steps_per_s,
                              f"weights read {weight_bytes * steps_per_s / 1e9:.1f} GB/s = "
                              f"{weight_bytes * steps_per_s / bandwidth:.0%} of bandwidth"))
+        for model in models.values():
+            vars(model).pop("forward", None)
 
     rss = {name: peak_rss(name, default_bf16) for name in models}
     for name, mb in rss.items():
