@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to
 from transformers.utils import can_return_tuple
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .kernels_scratch_gpt import Linear, head_cross_entropy
+from .kernels_scratch_gpt import Dropout, Linear, dropout16, head_cross_entropy
 
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs,
 # the mask builders, the output dataclasses) and announced the old name's removal. Read once, here, which name
@@ -54,7 +54,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     else:
         attn_scores = attn_scores + attention_mask
     attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_weights = dropout16(attn_weights, p=dropout, training=module.training)
     context = (attn_weights @ value).transpose(1, 2)  # (b, n, h, d)
     return context, attn_weights
 
@@ -127,7 +127,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.att = MultiHeadAttention(config, layer_idx)
         self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.ff = FeedForward(config)
-        self.drop_shortcut = nn.Dropout(config.drop_rate)
+        self.drop_shortcut = Dropout(config.drop_rate)
 
     def forward(self, x, attention_mask=None, cache=None, output_attentions=False, **kwargs):
         attn_output, attn_weights = self.att(self.norm1(x), attention_mask, cache, output_attentions, **kwargs)
@@ -193,7 +193,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         super().__init__(config)
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
-        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.drop_emb = Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.post_init()

@@ -348,6 +348,39 @@ def test_linear_gives_nn_linear_results_on_every_path(rows, bias, grad, dtype):
         torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout16_drops_p_of_the_values_and_keeps_the_expectation(p):
+    torch.manual_seed(0)
+    x = torch.ones(1001, 999, requires_grad=True)  # not a multiple of four draws
+    out = kernels.dropout16(x, p)
+    kept = out != 0
+    scale = 2**16 / (2**16 - round(p * 2**16))
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], scale))
+    share = 1 - kept.float().mean().item()
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / x.numel())  # 5 sigma
+    assert abs(out.mean().item() - 1) < 5 * math.sqrt(p / (1 - p) / x.numel())
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept * scale)  # the gradient goes through the kept values only
+    torch.manual_seed(0)
+    assert torch.equal(kernels.dropout16(x, p), out)  # the seed decides the mask
+    strided = torch.randn(64, 48).T  # any layout, any dtype
+    for y in (strided, strided.bfloat16()):
+        dropped = kernels.dropout16(y, p)
+        assert dropped.dtype == y.dtype
+        torch.testing.assert_close(dropped[dropped != 0], (y * scale).to(y.dtype)[dropped != 0])
+
+
+def test_dropout16_is_plain_dropout_where_it_does_nothing_or_everything():
+    x = torch.randn(8, 16)
+    assert torch.equal(kernels.dropout16(x, 0.1, training=False), x)
+    assert torch.equal(kernels.dropout16(x, 0.0), x)
+    assert torch.equal(kernels.dropout16(x, 1.0), torch.zeros_like(x))
+    module = kernels.Dropout(0.1)
+    assert isinstance(module, torch.nn.Dropout)
+    assert torch.equal(module.eval()(x), x)
+    assert (module.train()(torch.ones(4096)) == 0).any()
+
+
 def _sleeping(seconds):
     def kernel(x, weight, bias):
         time.sleep(seconds)
