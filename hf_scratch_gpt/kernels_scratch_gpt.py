@@ -130,7 +130,7 @@ def dropout16(x, p: float, training: bool = True):
         return nn.functional.dropout(x, p, training)
     draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
     keep = draws[: x.numel()].view(x.shape) >= dropped - 2**15
-    return x * keep * (2**16 / (2**16 - dropped))  # autograd keeps the boolean mask, as native dropout does
+    return (x * keep).mul_(2**16 / (2**16 - dropped))  # autograd keeps the boolean mask, as native dropout does
 
 
 class Dropout(nn.Dropout):

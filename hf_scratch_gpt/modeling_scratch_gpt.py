@@ -53,7 +53,9 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
         attn_scores = attn_scores.masked_fill(~attention_mask, torch.finfo(attn_scores.dtype).min)
     else:
         attn_scores = attn_scores + attention_mask
-    attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # Softmax kernels compute in fp32 whatever the input; a bf16 output (under autocast) is the same rounded
+    # result as fp32's cast afterwards, and is what backward keeps: half the memory of an fp32 one.
+    attn_weights = torch.softmax(attn_scores, dim=-1).to(query.dtype)
     attn_weights = dropout16(attn_weights, p=dropout, training=module.training)
     context = (attn_weights @ value).transpose(1, 2)  # (b, n, h, d)
     return context, attn_weights
