@@ -1,8 +1,8 @@
 """ScratchGPT against transformers' GPT2LMHeadModel, same weights, same process, alternating, in every precision.
 
-    python benchmarks/compare_gpt2.py            # GPT-2 124M shape, about 15 minutes on 2 cores
-    python benchmarks/compare_gpt2.py --quick    # fewer repeats, about 6 minutes
-    python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training and decoding (minutes more)
+    python benchmarks/compare_gpt2.py            # GPT-2 124M shape, 5-15 minutes on 2 cores
+    python benchmarks/compare_gpt2.py --quick    # fewer repeats, 2-6 minutes
+    python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training and decoding (3-5 minutes more)
 
 Prints the machine (CPU, caches, bf16 support), the fp32 and bf16 matmul peaks and the memory bandwidth
 (a buffer four times the last-level cache) measured here, then, each model in each mode (medians after
