@@ -161,34 +161,34 @@ class _HeadCrossEntropy(torch.autograd.Function):
             grad_hidden, grad_weight = torch.empty_like(hidden), None
             for start in range(0, hidden.shape[0], chunk_rows):
                 rows, target = hidden[start : start + chunk_rows].to(dtype), targets[start : start + chunk_rows]
-                # Each row's share of the loss (0 for ignored rows): masks, not branches, so that
-                # torch.compile traces it whole.
-                share = ((target != -100) / normaliser)[:, None]
+                # Masks, not branches, so that torch.compile traces it whole.
+                scored = (target != -100)[:, None].to(dtype)  # (chunk, 1): 0 for ignored rows
                 picked = target.clamp(min=0)[:, None]
                 log_probs = torch.log_softmax(rows @ matrix.T, dim=-1, dtype=torch.float32)  # (chunk, vocab)
-                loss -= (log_probs.gather(1, picked) * share).sum()
-                # d loss / d logits = (softmax - one-hot) x share; the share is applied to the small
-                # factors of each product instead of to this (chunk x vocabulary) matrix.
-                grad_logits = log_probs.exp_().scatter_add_(1, picked, torch.full_like(share, -1.0)).to(dtype)
-                grad_hidden[start : start + chunk_rows] = (grad_logits @ matrix) * share
+                loss -= (log_probs.gather(1, picked) * scored).sum()
+                # d loss / d logits = (softmax - one-hot) for scored rows; the mask is applied to the small
+                # factors of each product instead of to this (chunk x vocabulary) matrix, and the division
+                # by the normaliser, in fp32, in backward.
+                grad_logits = log_probs.exp_().scatter_add_(1, picked, -torch.ones_like(log_probs[:, :1])).to(dtype)
+                grad_hidden[start : start + chunk_rows] = (grad_logits @ matrix) * scored
                 if train_weight:
-                    scaled_rows = rows * share.to(dtype)
                     if grad_weight is None:
-                        grad_weight = grad_logits.T @ scaled_rows
+                        grad_weight = grad_logits.T @ (rows * scored)
                     else:
-                        grad_weight.addmm_(grad_logits.T, scaled_rows)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return loss
+                        grad_weight.addmm_(grad_logits.T, rows * scored)
+        ctx.save_for_backward(grad_hidden, grad_weight, normaliser)
+        return loss / normaliser
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight, normaliser = ctx.saved_tensors
+        scale = grad_loss / normaliser  # fp32, applied as it is: a bf16 tensor times an fp32 scalar
         if grad_weight is not None:
             # In place: no second vocabulary-sized tensor. A second backward through the same graph
             # (retain_graph) is refused by autograd's check of the saved tensor's version.
             # In the matmul dtype; autograd casts it to the weight's.
-            grad_weight.mul_(grad_loss.to(grad_weight.dtype))
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight, None, None, None
+            grad_weight.mul_(scale)
+        return grad_hidden * scale, grad_weight, None, None, None
 
 
 def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_rows: int = 256):

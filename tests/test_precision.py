@@ -84,3 +84,21 @@ def test_the_recipes_default_to_bf16_where_the_hardware_has_it(tmp_path):
     assert PretrainingArguments(output_dir=str(tmp_path), bf16=False).bf16 is False
     forced = PretrainingArguments(output_dir=str(tmp_path), bf16=True)
     assert forced.bf16 and (forced.use_cpu or torch.accelerator.is_available())
+
+
+def test_the_head_gradient_under_autocast_has_no_scale_bias():
+    """The division by the number of scored tokens happens in fp32: rounding 1/37 to bf16 would shrink every
+    head gradient by 0.19% (a bias, not noise); measured along the fp32 gradient, the scale stays within 7e-4."""
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 64, 32, requires_grad=True)
+    weight = (torch.randn(300, 32) * 0.1).requires_grad_()
+    labels = torch.randint(0, 300, (4, 64))
+    grads = {}
+    for autocast in (False, True):
+        weight.grad = None
+        with torch.autocast(**BF16, enabled=autocast):
+            loss = head_cross_entropy(hidden, weight, labels, num_items_in_batch=torch.tensor(37), chunk_rows=64)
+        loss.backward()
+        grads[autocast] = weight.grad.clone()
+    along = (grads[True] * grads[False]).sum() / (grads[False] ** 2).sum()
+    assert abs(along.item() - 1) < 7e-4
