@@ -130,7 +130,9 @@ def dropout16(x, p: float, training: bool = True):
         return nn.functional.dropout(x, p, training)
     draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
     keep = draws[: x.numel()].view(x.shape) >= dropped - 2**15
-    return (x * keep).mul_(2**16 / (2**16 - dropped))  # autograd keeps the boolean mask, as native dropout does
+    # `where` saves the boolean mask for backward, as native dropout does; a product would convert it to x's dtype
+    # in both passes.
+    return torch.where(keep, x, 0).mul_(2**16 / (2**16 - dropped))
 
 
 class Dropout(nn.Dropout):
@@ -164,12 +166,18 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 # Masks, not branches, so that torch.compile traces it whole.
                 scored = (target != -100)[:, None].to(dtype)  # (chunk, 1): 0 for ignored rows
                 picked = target.clamp(min=0)[:, None]
-                log_probs = torch.log_softmax(rows @ matrix.T, dim=-1, dtype=torch.float32)  # (chunk, vocab)
+                logits = rows @ matrix.T  # (chunk, vocab)
+                log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
                 loss -= (log_probs.gather(1, picked) * scored).sum()
-                # d loss / d logits = (softmax - one-hot) for scored rows; the mask is applied to the small
-                # factors of each product instead of to this (chunk x vocabulary) matrix, and the division
-                # by the normaliser, in fp32, in backward.
-                grad_logits = log_probs.exp_().scatter_add_(1, picked, -torch.ones_like(log_probs[:, :1])).to(dtype)
+                del log_probs
+                # d loss / d logits = (softmax - one-hot) for scored rows. The softmax kernel computes in
+                # fp32 and writes the matmul dtype: one pass, where exp and a cast of the log-softmax are
+                # two over an fp32 matrix. The mask is applied to the small factors of each product instead
+                # of to this (chunk x vocabulary) matrix, and the division by the normaliser, in fp32, in
+                # backward.
+                grad_logits = torch.softmax(logits, dim=-1)
+                one_row_each = torch.arange(len(picked), device=picked.device)[:, None]
+                grad_logits[one_row_each, picked] -= 1
                 grad_hidden[start : start + chunk_rows] = (grad_logits @ matrix) * scored
                 if train_weight:
                     if grad_weight is None:
