@@ -5,7 +5,8 @@
     python benchmarks/compare_gpt2.py --compile  # also torch.compile'd training and decoding (3-5 minutes more)
 
 Prints the machine (CPU, caches, bf16 support), the fp32 and bf16 matmul peaks and the memory bandwidth
-(a buffer four times the last-level cache) measured here, then, each model in each mode (medians after
+(a buffer four times the last-level cache) measured here, and the FLOP/s of a bf16 training step's matmuls
+alone at their own shapes (the ceiling of MFU at this shape), then, each model in each mode (medians after
 warm-up): training tokens/s (batch 2 x 256; fp32, bf16 autocast with fp32 weights, compiled with --compile) with
 FLOP/s and MFU against the peak of the precision it computes in; greedy decode new tokens/s (prompt 32, batch
 1 and 8; fp32 and bf16 weights, and with --compile a compiled forward on a static cache) with the weights'
@@ -87,6 +88,28 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
     return 2 * 2048**3 * runs / (time.perf_counter() - start)
 
 
+def step_matmuls_flops(config, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of a training step's matmuls alone, at their own shapes: every linear layer's three products
+    (forward, input and weight gradients; the LM head's included) and attention's six batched ones; the
+    most MFU a step of this shape could reach on this machine if nothing else took time."""
+    rows, d, heads = BATCH * SEQ, config.n_embd, config.n_head
+    linears = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * config.n_layer + [(d, config.vocab_size)]
+    shapes = [pair for fan_in, fan_out in linears for pair in (
+        ((rows, fan_in), (fan_in, fan_out)), ((rows, fan_out), (fan_out, fan_in)), ((fan_out, rows), (rows, fan_in)))]
+    queries, weights = (BATCH * heads, SEQ, d // heads), (BATCH * heads, SEQ, SEQ)
+    keys_t, values = (BATCH * heads, d // heads, SEQ), queries  # q @ k.T, weights @ v; three times each in a step
+    shapes += [(queries, keys_t), (weights, values)] * 3 * config.n_layer
+    operands = [(torch.randn(a, dtype=dtype), torch.randn(b, dtype=dtype)) for a, b in shapes]
+    flops = sum(2 * a.numel() * b.shape[-1] for a, b in operands)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for a, b in operands:
+            torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return flops / statistics.median(times[1:])
+
+
 def memory_bandwidth() -> tuple[float, int]:
     """Bytes/s reading a buffer four times the last-level cache (at least 1 GiB), so that none of it is cached."""
     size = max(4 * last_level_cache_bytes(), 2**30)
@@ -161,6 +184,9 @@ def main():
           f"bandwidth {bandwidth / 1e9:.1f} GB/s (a {buffer / 2**30:.1f} GiB buffer); measured here\n")
 
     models = {"gpt2": build("gpt2"), "ours": build("ours")}
+    ceiling = step_matmuls_flops(models["gpt2"].config, torch.bfloat16)
+    print(f"a bf16 training step's matmuls alone, at its shapes: {ceiling / 1e9:.0f} GFLOP/s = "
+          f"{ceiling / peaks['bf16']:.0%} of the bf16 peak (the most MFU this shape reaches here)\n")
     batch = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     flops = training_flops_per_token(models["gpt2"].config) * BATCH * SEQ
     rows, train, decode_rate = [], {}, {1: {}, 8: {}}
