@@ -6,7 +6,6 @@ It travels with every checkpoint beside the model file (transformers copies a co
 so it imports only torch.
 """
 
-import statistics
 import time
 
 import torch
@@ -23,8 +22,8 @@ def _onednn_linear():
 
 _ONEDNN_LINEAR = _onednn_linear()
 INFERENCE_ROWS = 64  # decoding-sized inputs, where the kernels differ most: they read every weight for few rows
-TRIALS = 5  # timed calls of each candidate before one is kept
-MARGIN = 0.97  # another kernel replaces the plain one only if its median time is at most 97% of the plain one's
+TRIALS = 7  # timed calls of each candidate, after one untimed, before one is kept
+MARGIN = 0.97  # another kernel replaces the plain one only if its typical time is at most 97% of the plain one's
 
 
 def plain_linear(x, weight, bias):
@@ -62,9 +61,12 @@ def candidates(dtype: torch.dtype, rows: int) -> list:
 class KernelChoice:
     """The kernel for one kind of call (sizes, dtype, rows), chosen by timing real calls on this machine.
 
-    The first calls go to each candidate in turn, `TRIALS` each, timed (CPU kernels return when done); then the
-    fastest by median is kept, the plain kernel unless another takes at most `MARGIN` of its time. Measured on
-    the calls themselves, so the weights come from wherever decoding leaves them (caches, memory), as they do
+    The first calls go to each candidate in turn, `TRIALS` + 1 each, timed (CPU kernels return when done) but
+    for the first, which pays one-time costs (oneDNN builds its primitive); then the fastest is kept, the plain
+    kernel unless another takes at most `MARGIN` of its time. A kernel's time is the lower quartile of its
+    calls: work elsewhere on the machine only ever adds time, and on a busy one a call can take 3x another of
+    the same kernel (the median of 5 calls kept a 1.6x slower kernel in 3 runs of 5). Measured on the calls
+    themselves, so the weights come from wherever decoding leaves them (caches, memory), as they do
     afterwards: a kernel that wins on one CPU and loses on another is kept only where it wins.
     """
 
@@ -82,10 +84,10 @@ class KernelChoice:
         start = time.perf_counter()
         out = kernel(x, weight, bias)
         self.times[kernel].append(time.perf_counter() - start)
-        if self._turn == TRIALS * len(kernels):
-            median = {k: statistics.median(t) for k, t in self.times.items()}
-            fastest = min(median, key=median.get)
-            self.chosen = fastest if median[fastest] <= MARGIN * median[plain_linear] else plain_linear
+        if self._turn == (TRIALS + 1) * len(kernels):
+            typical = {k: sorted(t[1:])[TRIALS // 4] for k, t in self.times.items()}
+            fastest = min(typical, key=typical.get)
+            self.chosen = fastest if typical[fastest] <= MARGIN * typical[plain_linear] else plain_linear
         return out
 
 
