@@ -120,18 +120,32 @@ class Linear(nn.Linear):
         return nn.functional.linear(x, weight, self.bias)
 
 
-def dropout16(x, p: float, training: bool = True):
-    """`nn.functional.dropout` with, on the CPU, a mask drawn four at a time: each 64-bit random draw gives
-    four 16-bit ones, a quarter of the random numbers `bernoulli_` draws (a 2 x 12 x 256 x 256 attention
-    mask in 1.5 ms instead of 9 on the AMX Xeon of the benchmark; the same generator behind both). The drop
-    probability is rounded to a multiple of 2**-16 (0.1 -> 0.100006) and the kept values scaled by the
-    inverse of the keep probability actually used, so the expected output is exactly the input.
-    Elsewhere, and in compiled graphs (inductor draws its own masks), `nn.functional.dropout`."""
-    dropped = round(p * 2**16)  # drop where a uniform 16-bit draw falls in the lowest `dropped` values
-    if not (training and x.is_cpu and 0 < dropped < 2**16) or torch.compiler.is_compiling():
-        return nn.functional.dropout(x, p, training)
+def _keep_mask(x: torch.Tensor, dropped: int) -> torch.Tensor:
+    """True where a uniform 16-bit draw is not among the lowest `dropped` values: four draws from each
+    64-bit random number, a quarter of the random numbers `bernoulli_` draws."""
     draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
-    keep = draws[: x.numel()].view(x.shape) >= dropped - 2**15
+    return draws[: x.numel()].view(x.shape) >= dropped - 2**15
+
+
+# A custom op, so that torch.compile calls it as it is instead of tracing it into its own random numbers
+# (2.6x slower on the CPU). Its input is the tensor to drop from (a different one for every dropout), so that
+# no two masks of a graph are merged as equal; the compiler never recomputes a custom op in backward. Each
+# import of this file (the installed package's, a checkpoint's) registers it again, the same function.
+keep_mask = torch.library.custom_op("scratch_gpt::keep_mask", _keep_mask, mutates_args=())
+keep_mask.register_fake(lambda x, dropped: torch.empty_like(x, dtype=torch.bool))
+
+
+def dropout16(x, p: float, training: bool = True):
+    """`nn.functional.dropout` with, on the CPU, a mask drawn four at a time (`keep_mask`: a 2 x 12 x 256 x 256
+    attention mask in 1.5 ms instead of `bernoulli_`'s 9 on the AMX Xeon of the benchmark; the same generator
+    behind both), eager and compiled alike: the same seed gives the same masks. The drop probability is
+    rounded to a multiple of 2**-16 (0.1 -> 0.100006) and the kept values scaled by the inverse of the keep
+    probability actually used, so the expected output is exactly the input. Elsewhere
+    `nn.functional.dropout`."""
+    dropped = round(p * 2**16)  # drop where a uniform 16-bit draw falls in the lowest `dropped` values
+    if not (training and x.is_cpu and 0 < dropped < 2**16):
+        return nn.functional.dropout(x, p, training)
+    keep = keep_mask(x.detach(), dropped)
     # `where` saves the boolean mask for backward, as native dropout does; a product would convert it to x's dtype
     # in both passes.
     return torch.where(keep, x, 0).mul_(2**16 / (2**16 - dropped))

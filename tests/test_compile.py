@@ -44,3 +44,27 @@ def test_generate_with_a_static_cache_runs_compiled_with_the_same_tokens():
                               cache_implementation="static")
     assert torch.equal(compiled, expected)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+
+
+def test_compiled_training_draws_the_dropout_masks_of_eager_training():
+    """The CPU dropout masks come from a custom op that torch.compile calls as it is: one seed, the same masks
+    (and so the same loss and gradients) eager and compiled, a mask of its own for every dropout."""
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(tiny_config(drop_rate=0.3, attn_implementation="eager")).train()
+
+    def loss_and_grad(forward, seed):
+        torch.manual_seed(seed)
+        loss = forward(IDS, labels=IDS).loss
+        (grad,) = torch.autograd.grad(loss, model.model.trf_blocks[0].ff.fc_in.weight)
+        return loss.detach(), grad
+
+    eager_loss, eager_grad = loss_and_grad(model, seed=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    compiled_loss, compiled_grad = loss_and_grad(compiled, seed=1)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+    other_seed_loss, _ = loss_and_grad(compiled, seed=2)
+    assert abs(other_seed_loss - compiled_loss) > 1e-3  # the masks decide the loss: the seed matters
+    with torch.no_grad():  # and with dropout off the loss is another again
+        assert abs(model.eval()(IDS, labels=IDS).loss - compiled_loss) > 1e-3
