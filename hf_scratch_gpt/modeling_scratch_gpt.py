@@ -44,9 +44,11 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     `attention_mask` is whatever transformers' mask builder made: an additive float mask (eager), a
     boolean keep-mask (sdpa), or None for a plain causal mask, which we then build as the book does.
     """
-    # Scaling the queries is scaling the scores, on a tensor head_dim / n times the size (exact for
-    # GPT-2's head_dim 64: a power of two). The mask is applied in place: backward does not need the
-    # unmasked scores. Together 25% of a bf16 training step's attention time at GPT-2's shape.
+    # Scaling the queries is scaling the scores, on a tensor head_dim / k times the size (exact for GPT-2's
+    # head_dim 64: a power of two); a boolean mask is applied in place (backward does not need the unmasked
+    # scores): together a fifth of the attention's time in a bf16 training step at GPT-2's shape. An additive
+    # mask is added out of place: its dtype's minimum (fp32's, under autocast) would overflow bf16 or fp16
+    # scores to -inf, and a row with no key to attend to (left padding) to NaN.
     attn_scores = (query * scaling) @ key.transpose(2, 3)  # (b, h, n, k)
     if attention_mask is None:  # the book's triangular mask; the offset lets cached queries see the past
         n, k = attn_scores.shape[-2:]
@@ -55,7 +57,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     if attention_mask.dtype == torch.bool:
         attn_scores.masked_fill_(~attention_mask, torch.finfo(attn_scores.dtype).min)
     else:
-        attn_scores += attention_mask
+        attn_scores = attn_scores + attention_mask
     # Softmax kernels compute in fp32 whatever the input; a bf16 output (under autocast) is the same rounded
     # result as fp32's cast afterwards, and is what backward keeps: half the memory of an fp32 one.
     attn_weights = torch.softmax(attn_scores, dim=-1).to(query.dtype)
