@@ -132,7 +132,7 @@ def _keep_mask(x: torch.Tensor, dropped: int) -> torch.Tensor:
 # no two masks of a graph are merged as equal; the compiler never recomputes a custom op in backward. Each
 # import of this file (the installed package's, a checkpoint's) registers it again, the same function.
 keep_mask = torch.library.custom_op("scratch_gpt::keep_mask", _keep_mask, mutates_args=())
-keep_mask.register_fake(lambda x, dropped: torch.empty_like(x, dtype=torch.bool))
+keep_mask.register_fake(lambda x, dropped: torch.empty(x.shape, dtype=torch.bool, device=x.device))  # contiguous
 
 
 def dropout16(x, p: float, training: bool = True):

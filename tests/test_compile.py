@@ -68,3 +68,17 @@ def test_compiled_training_draws_the_dropout_masks_of_eager_training():
     assert abs(other_seed_loss - compiled_loss) > 1e-3  # the masks decide the loss: the seed matters
     with torch.no_grad():  # and with dropout off the loss is another again
         assert abs(model.eval()(IDS, labels=IDS).loss - compiled_loss) > 1e-3
+
+
+def test_compiled_dropout_masks_any_layout_as_eager_does():
+    from hf_scratch_gpt.kernels_scratch_gpt import dropout16
+
+    x = torch.randn(6, 10).t()  # not contiguous: the mask op returns a contiguous mask of the same shape
+    compiled = torch.compile(lambda t: dropout16(t, 0.5), fullgraph=True)
+    torch.manual_seed(3)
+    out = compiled(x)
+    torch.manual_seed(3)
+    assert torch.equal(out, dropout16(x, 0.5))
+    kept = out != 0
+    assert 0 < kept.sum() < x.numel()
+    assert torch.equal(out[kept], 2 * x[kept])  # p = 0.5: the kept values doubled
