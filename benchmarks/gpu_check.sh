@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU checks in one call of a machine lent through the `device` tool (one H200; its image has CUDA PyTorch
+# and an older transformers, no datasets, and no network), so that a session lent one spends its minutes on
+# running, not on setting up:
+#
+#   bash benchmarks/gpu_check.sh fetch      # here, beforehand: the wheels the image lacks, into .whl/ (ignored)
+#   bash benchmarks/gpu_check.sh            # there: `run` with carry [".whl"]; logs land in $OUT
+#   bash benchmarks/gpu_check.sh benchmark  # there: only the named stages (tests, benchmark, pretrain)
+#
+# Stages: tests (tests/test_cuda.py), benchmark (compare_gpt2.py on CUDA; $BENCHMARK_ARGS, default
+# "--quick --compile"), pretrain (300 steps of the 124M shape on the offline default corpus, then 300 more
+# compiled). About 6-9 minutes for all three on an H200, most of it compiling.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(transformers==5.24.0 regex==2026.11.19 datasets==4.8.3 fsspec==2026.2.0 dill==0.4.1 multiprocess==0.70.19
+        peft==0.21.2 trl==1.16.0 gguf==0.19.0)
+
+if [[ "${1:-}" == fetch ]]; then
+    set -e
+    grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+    rm -rf .whl
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+    du -sh .whl
+    exit
+fi
+
+stages=("$@")
+(( ${#stages[@]} )) || stages=(tests benchmark pretrain)
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
+
+# The image's packages, with the carried wheels over them; the package itself from this checkout.
+python3 -m venv --system-site-packages /tmp/gpu-venv
+py=/tmp/gpu-venv/bin/python
+$py -m pip install --quiet --no-index --no-deps --no-compile .whl/*.whl
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    $py -m pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|datasets|trl|accelerate|tokenizers|flash.attn) '
+    $py -m pip check
+    $py -c "import hf_scratch_gpt, torch; print('cuda', torch.cuda.is_available(), torch.version.cuda)"
+} 2>&1 | tee "$OUT/env.txt"
+
+failed=()
+run_stage() {  # name, command...: its output into $OUT/name.txt, its failure recorded, the next stage run anyway
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$OUT/$name.txt" || failed+=("$name")
+}
+for stage in "${stages[@]}"; do
+    case $stage in
+    tests) run_stage tests $py -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    benchmark) run_stage benchmark $py benchmarks/compare_gpt2.py --device cuda ${BENCHMARK_ARGS:---quick --compile} ;;
+    pretrain)
+        shape=(--context_length 1024 --emb_dim 768 --n_heads 12 --n_layers 12 --per_device_train_batch_size 16 --max_steps 300 --logging_steps 50 --eval_steps 150 --save_steps 300
+               --dataloader_num_workers 4 --disable_tqdm true --report_to none)
+        run_stage pretrain $py -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain \
+            --tokenizer_vocab_size 50257 "${shape[@]}"
+        run_stage pretrain-compiled $py -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain-compiled \
+            --tokenizer_name_or_path /tmp/gpu-pretrain --torch_compile true "${shape[@]}"
+        cp /tmp/gpu-pretrain/README.md "$OUT/pretrain-card.md" 2>/dev/null ;;
+    *) echo "unknown stage: $stage (tests, benchmark, pretrain)"; exit 2 ;;
+    esac
+done
+(( ${#failed[@]} == 0 )) || { echo "failed: ${failed[*]}"; exit 1; }
