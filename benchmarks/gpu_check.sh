@@ -31,17 +31,18 @@ stages=("$@")
 (( ${#stages[@]} )) || stages=(tests benchmark pretrain)
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
-
-# The image's packages, with the carried wheels over them; the package itself from this checkout.
-python3 -m venv --system-site-packages /tmp/gpu-venv
-py=/tmp/gpu-venv/bin/python
-$py -m pip install --quiet --no-index --no-deps --no-compile .whl/*.whl
+# The image's packages (its python3 is itself a virtualenv, so a new one would not see them), with the carried
+# wheels ahead of them on the path, and the package itself from this checkout.
+python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD TOKENIZERS_PARALLELISM=false
+py=python3
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    $py -m pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|datasets|trl|accelerate|tokenizers|flash.attn) '
-    $py -m pip check
-    $py -c "import hf_scratch_gpt, torch; print('cuda', torch.cuda.is_available(), torch.version.cuda)"
+    $py -c "import importlib.metadata as m, torch, hf_scratch_gpt
+for name in ('torch', 'transformers', 'peft', 'datasets', 'trl', 'accelerate', 'tokenizers', 'flash_attn'):
+    try: print(name, m.version(name))
+    except m.PackageNotFoundError: print(name, 'not installed')
+print('cuda', torch.cuda.is_available(), torch.version.cuda)"
 } 2>&1 | tee "$OUT/env.txt"
 
 failed=()
