@@ -32,6 +32,7 @@ import torch._inductor.config
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
+from hf_scratch_gpt import kernels_scratch_gpt as kernels
 from hf_scratch_gpt.recipes.runs import native_bf16
 from machine import describe, last_level_cache_bytes
 
@@ -194,6 +195,18 @@ def attention_backends(device: torch.device) -> list[str]:
     return ["sdpa"] + (["flash_attention_2"] if flash else [])
 
 
+def kernels_chosen() -> str:
+    """Which kernel our linear layers kept for each kind of decoding call (`KernelChoice`): the choice is
+    made by timing on this machine, so it is part of what a run measured."""
+    chosen = {}
+    for (fan_in, fan_out, dtype, rows, _), choice in sorted(kernels._CHOICES.items(), key=str):
+        name = choice.chosen.__name__.removesuffix("_linear") if choice.chosen else "undecided"
+        chosen.setdefault(f"{str(dtype).removeprefix('torch.')} x {rows} rows", []).append(
+            f"{fan_in}->{fan_out} {name}")
+    return "kernels our linear layers kept:\n" + "\n".join(f"  {kind}: {', '.join(layers)}"
+                                                          for kind, layers in chosen.items()) + "\n"
+
+
 def describe_device(device: torch.device) -> str:
     if device.type != "cuda":
         return describe()
@@ -282,6 +295,8 @@ def main():
                              f"{weight_bytes * steps_per_s / bandwidth:.0%} of bandwidth"))
         for model in models.values():
             vars(model).pop("forward", None)
+
+    print(kernels_chosen())
 
     memory = {name: peak_memory(name, default_bf16, device) for name in models}
     memory_kind = "RSS" if device.type == "cpu" else "GPU memory allocated"
