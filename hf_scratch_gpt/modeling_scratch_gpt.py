@@ -340,6 +340,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         self.model = ScratchGPTModel(config)
         self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self.post_init()
+        # A tied head is the embedding, never saved on its own: saying so lets Trainer, reloading its best or a
+        # resumed checkpoint, tie it again instead of warning that it is missing.
+        self._keys_to_ignore_on_save |= set(self.all_tied_weights_keys)
 
     def get_output_embeddings(self):
         return self.out_head

@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 from conftest import VOCAB, left_padded, tiny_config
+from safetensors.torch import load_file
 from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -54,6 +55,13 @@ def test_tied_by_default_untied_on_request(tmp_path):
     assert model.out_head.weight is model.model.tok_emb.weight
     untied = causal_lm(tie_word_embeddings=False)
     assert untied.out_head.weight is not untied.model.tok_emb.weight
+    # Only a tied head goes unsaved; saying so (Trainer reads it when it reloads a checkpoint) changes no file.
+    assert model._keys_to_ignore_on_save == {"out_head.weight"} and not untied._keys_to_ignore_on_save
+    model.save_pretrained(tmp_path / "tied")
+    untied.save_pretrained(tmp_path / "untied")
+    assert "out_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
+    torch.testing.assert_close(load_file(tmp_path / "untied" / "model.safetensors")["out_head.weight"],
+                               untied.out_head.weight, atol=0, rtol=0)
 
 
 def test_eager_and_sdpa_agree_with_padding():
