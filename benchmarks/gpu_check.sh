@@ -31,6 +31,10 @@ stages=("$@")
 (( ${#stages[@]} )) || stages=(tests benchmark pretrain)
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
+if ! compgen -G ".whl/*.whl" > /dev/null; then
+    echo "no wheels in .whl/: run 'bash benchmarks/gpu_check.sh fetch' here first, then carry .whl"
+    exit 2
+fi
 # The image's packages (its python3 is itself a virtualenv, so a new one would not see them), with the carried
 # wheels ahead of them on the path, and the package itself from this checkout.
 python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
