@@ -5,6 +5,7 @@ import errno
 import json
 import shlex
 import shutil
+import sys
 
 import pytest
 import torch
@@ -313,6 +314,26 @@ def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(world, tmp_path, c
     assert not out.exists()
     assert sorted(p.relative_to(world["root"]) for p in world["root"].rglob("*")) == before
     assert not (world["root"] / "ran").exists()  # no foreign code ever ran
+
+
+def test_compiling_on_the_cpu_without_a_compiler_is_refused_before_anything_runs(world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """torch.compile builds CPU kernels with a C++ compiler; without one it would fail at the first step."""
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    out = tmp_path / "out"
+    argv = ["pretrain", "--data", str(world["corpus"]), "--output_dir", str(out), *shlex.split(TINY),
+            "--torch_compile", "true"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hf-scratch-gpt pretrain: error: --torch_compile on the CPU needs a C++ compiler, and "
+                              "no-such-compiler was not found") and len([e for e in err if "error" in e]) == 1
+    assert not out.exists()
+    # A compile backend or mode implies compiling; without compiling, no compiler is needed.
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        PretrainingArguments(output_dir=str(out), use_cpu=True, torch_compile_mode="default")
+    assert not PretrainingArguments(output_dir=str(out), use_cpu=True).torch_compile
+    monkeypatch.setenv("CXX", shutil.which("python3") or sys.executable)  # a program that exists passes the check
+    assert PretrainingArguments(output_dir=str(out), use_cpu=True, torch_compile=True).torch_compile
 
 
 def test_disk_full_while_saving_leaves_no_half_written_files(world, tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,7 +75,9 @@ class RecipeTrainingArguments(TrainingArguments):
             self.bf16 = not self.fp16 and native_bf16(on_cpu)
         if self.bf16 and on_cpu:
             self.use_cpu = True  # transformers takes bf16 without a GPU only when told it trains on the CPU
-        super().__post_init__()
+        super().__post_init__()  # sets torch_compile where a compile backend or mode is given
+        if self.torch_compile and on_cpu:
+            _check_cpp_compiler()
 
 
 def native_bf16(on_cpu: bool) -> bool:
@@ -104,6 +107,15 @@ def _check_training_args(args) -> None:
     if args.save_total_limit is not None and args.save_total_limit <= 0:
         raise ValueError(f"--save_total_limit={args.save_total_limit} is invalid: keep at least 1 checkpoint "
                          "(or leave it unset to keep them all).")
+
+
+def _check_cpp_compiler() -> None:
+    """torch.compile builds its CPU kernels with a C++ compiler (inductor's default, or $CXX): without one it
+    fails at the first step, after the data is prepared. Say so first."""
+    compiler = os.environ.get("CXX") or {"darwin": "clang++", "win32": "cl"}.get(sys.platform, "g++")
+    if shutil.which(compiler) is None:
+        raise ValueError(f"--torch_compile on the CPU needs a C++ compiler, and {compiler} was not found: install "
+                         "one (or point CXX at it), or train without --torch_compile.")
 
 
 def _require_positive(name: str, value) -> None:
