@@ -3,6 +3,7 @@ installed, greedy tokens with a dynamic cache and with generate()'s own compiled
 bf16-autocast training against fp32, seeded dropout, and the pretrain recipe's default precision. Skipped where
 there is no GPU (CI); `benchmarks/gpu_check.sh` runs this file on one."""
 
+import copy
 import importlib.util
 import json
 
@@ -27,7 +28,9 @@ def cpu_model(**config) -> ScratchGPTForCausalLM:
 
 
 def on_gpu(model, attention: str, dtype=torch.float32):
-    gpu = ScratchGPTForCausalLM(model.config).eval()  # a copy: `model` stays on the CPU as the reference
+    # A copy, configuration included (models built from one config object share it, attention backend too):
+    # `model` stays on the CPU, as it was, the reference.
+    gpu = ScratchGPTForCausalLM(copy.deepcopy(model.config)).eval()
     gpu.load_state_dict(model.state_dict())
     gpu.set_attn_implementation(attention)
     return gpu.to(GPU, dtype)
