@@ -40,10 +40,9 @@ fi
 # wheels ahead of them on the path, and the package itself from this checkout.
 python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD TOKENIZERS_PARALLELISM=false
-py=python3
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    $py -c "import importlib.metadata as m, torch, hf_scratch_gpt
+    python3 -c "import importlib.metadata as m, torch, hf_scratch_gpt
 for name in ('torch', 'transformers', 'peft', 'datasets', 'trl', 'accelerate', 'tokenizers', 'flash_attn'):
     try: print(name, m.version(name))
     except m.PackageNotFoundError: print(name, 'not installed')
@@ -59,12 +58,12 @@ run_stage() {  # name, command...: its output into $OUT/name.txt, its failure re
 }
 for stage in "${stages[@]}"; do
     case $stage in
-    tests) run_stage tests $py -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    benchmark) run_stage benchmark $py benchmarks/compare_gpt2.py --device cuda ${BENCHMARK_ARGS:---quick --compile} ;;
+    tests) run_stage tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    benchmark) run_stage benchmark python3 benchmarks/compare_gpt2.py --device cuda ${BENCHMARK_ARGS:---quick --compile} ;;
     pretrain)
         # GPT-2's shape needs its 50257-token vocabulary, more than the offline default corpus yields: train on
         # the image's Python standard library instead, a text file per module.
-        $py -c "import pathlib, sysconfig
+        python3 -c "import pathlib, sysconfig
 root, out = pathlib.Path(sysconfig.get_paths()['stdlib']), pathlib.Path('/tmp/stdlib-corpus')
 out.mkdir(exist_ok=True)
 for f in root.rglob('*.py'):
@@ -73,9 +72,9 @@ for f in root.rglob('*.py'):
         shape=(--data /tmp/stdlib-corpus --context_length 1024 --emb_dim 768 --n_heads 12 --n_layers 12
                --per_device_train_batch_size 16 --max_steps 300 --logging_steps 50 --eval_steps 150 --save_steps 300
                --dataloader_num_workers 4 --disable_tqdm true --report_to none)
-        run_stage pretrain $py -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain \
+        run_stage pretrain python3 -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain \
             --tokenizer_vocab_size 50257 "${shape[@]}"
-        run_stage pretrain-compiled $py -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain-compiled \
+        run_stage pretrain-compiled python3 -m hf_scratch_gpt.cli pretrain --output_dir /tmp/gpu-pretrain-compiled \
             --tokenizer_name_or_path /tmp/gpu-pretrain --torch_compile true "${shape[@]}"
         cp /tmp/gpu-pretrain/README.md "$OUT/pretrain-card.md" 2>/dev/null ;;
     *) echo "unknown stage: $stage (tests, benchmark, pretrain)"; exit 2 ;;
