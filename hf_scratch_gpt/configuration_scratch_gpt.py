@@ -3,6 +3,7 @@
 This file travels with every checkpoint as remote code: it imports only transformers.
 """
 
+import contextvars
 import difflib
 import inspect
 import re
@@ -20,8 +21,12 @@ if [int(n) for n in re.findall(r"\d+", transformers.__version__)[:2]] < [int(n) 
 from huggingface_hub.dataclasses import strict  # noqa: E402 (after the version check)
 from transformers import PreTrainedConfig  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+
+logger = logging.get_logger(__name__)
 
 INITIALIZATIONS = ("gpt2", "book")  # GPT-2's scheme, or PyTorch's module defaults as the book's GPTModel has them
+_SAVED_KEYS = contextvars.ContextVar("scratch_gpt_saved_keys", default=frozenset())  # set while from_dict loads
 
 
 @strict
@@ -84,6 +89,15 @@ class ScratchGPTConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     use_cache: bool = True
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """Load a saved config, telling the misspelling check which keys the saved dict holds."""
+        saved = _SAVED_KEYS.set(frozenset(config_dict))
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _SAVED_KEYS.reset(saved)
+
     def __post_init__(self, **kwargs):
         _refuse_misspelt_fields(kwargs)
         super().__post_init__(**kwargs)
@@ -112,14 +126,21 @@ class ScratchGPTConfig(PreTrainedConfig):
 
 
 def _refuse_misspelt_fields(kwargs: dict) -> None:
-    """Unknown fields are kept as attributes (configs carry extra keys), but one a letter or two away from
-    a field of ours (GPT-2's `n_layer` for `n_layers`) would silently leave the real field at its default."""
+    """Unknown fields are kept as attributes (configs carry extra keys), but one a letter or two away from a field
+    of ours (GPT-2's `n_layer` for `n_layers`) in place of that field would silently leave it at its default:
+    refused. Beside the field, in a saved config, it only warns: save_pretrained writes all our fields and every
+    attribute set on the config (`config.layer_norm_eps = 1.0`, as transformers' own tests do), and what it
+    writes must load."""
     ours = [name for name in inspect.get_annotations(ScratchGPTConfig) if not name.startswith("_")]
     for key in kwargs:
         close = difflib.get_close_matches(key, ours, n=1, cutoff=0.85)
-        if close:
-            raise ValueError(f"ScratchGPTConfig got {key}={kwargs[key]!r}, a field it does not have; did you mean "
-                             f"{close[0]}?")
+        if not close:
+            continue
+        message = f"ScratchGPTConfig got {key}={kwargs[key]!r}, a field it does not have; did you mean {close[0]}?"
+        if close[0] not in _SAVED_KEYS.get():
+            raise ValueError(message)
+        logger.warning(f"{message} Kept as an extra attribute, which the model does not read; the saved "
+                       f"{close[0]} is used.")
 
 
 def _require(field: str, value, ok: bool, rule: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset
+from transformers import DataCollatorWithFlattening
 
 from .tokenization import read_text_file
 
@@ -329,27 +330,35 @@ class InstructionCollator:
     `mask_prompt` (the loss then scores the response only). Padding is told apart by position,
     not by id, so the end-of-text token that ends each response stays a target even when it is
     also the pad token: the model learns to stop.
+
+    With `packing`, the rows go one after another in a single row without padding, their positions
+    restarting at 0 (transformers' `DataCollatorWithFlattening`, which also keeps the first token of
+    each row out of the loss): the same targets, hence the same loss, for no compute spent on padding.
     """
 
     pad_token_id: int
     max_length: int | None = None
     mask_prompt: bool = True
     pad_to_multiple_of: int | None = None
+    packing: bool = False
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if self.mask_prompt and any("prompt_length" not in f for f in features):
             raise ValueError("InstructionCollator(mask_prompt=True) needs each row's prompt_length (rows from "
                              "build_instruction_dataset have it; keep it with remove_unused_columns=False).")
         rows = [list(f["input_ids"])[: self.max_length] for f in features]
+        first_targets = [min(f["prompt_length"], len(row)) if self.mask_prompt else 0 for f, row in zip(features, rows)]
+        if self.packing:
+            labelled = [{"input_ids": row, "labels": [-100] * first + row[first:]} for row, first in zip(rows, first_targets)]
+            return DataCollatorWithFlattening(return_tensors="pt")(labelled)
         width = max(map(len, rows))
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(rows), width), self.pad_token_id)
         attention_mask = torch.zeros_like(input_ids)
         labels = torch.full_like(input_ids, -100)
-        for i, (feature, row) in enumerate(zip(features, rows)):
+        for i, (row, first) in enumerate(zip(rows, first_targets)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
-            first_target = min(feature["prompt_length"], len(row)) if self.mask_prompt else 0
-            labels[i, first_target : len(row)] = input_ids[i, first_target : len(row)]
+            labels[i, first : len(row)] = input_ids[i, first : len(row)]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

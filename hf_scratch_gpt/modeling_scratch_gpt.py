@@ -10,6 +10,7 @@ its configuration file.
 
 import inspect
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -26,16 +27,33 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .kernels_scratch_gpt import Dropout, Linear, dropout16, head_cross_entropy
 
-# transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs,
-# the mask builders, the output dataclasses) and announced the old name's removal. Read once, here, which name
-# this release uses; forward accepts both, and hands the cache back and on under this one.
+# --- The cache's name across transformers releases: delete this section when the floor reaches 5.24 ----------
+# transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs, the
+# mask builders, the output dataclasses) and announced the old name's removal. Read once, here, which name this
+# release uses; forward accepts both (the old one with transformers' own FutureWarning from 5.24 on), and hands the
+# cache back and on under this one.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 _MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    """The cache, under whichever of its two names the caller passed it."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("Pass the cache once: as `cache` (transformers >= 5.24) or as `past_key_values`, not both.")
+    if CACHE_NAME == "cache":
+        warnings.warn("`past_key_values` is deprecated and will be removed in transformers 5.40; pass the same "
+                      "object as `cache`.", FutureWarning, stacklevel=3)
+    return past_key_values
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -87,14 +105,17 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, h, n, d)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)  # (b, h, k, d)
+        if cache is not None:  # continuous batching's paged cache also fills `kwargs` for its attention
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, k, d)
 
         # Only the eager path materialises attention weights, so a request for them takes it. So does
         # training with attention dropout on the CPU: there sdpa has no fused kernel with dropout and runs
-        # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory.
+        # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory. Eager is
+        # always ours, also under continuous batching (`paged|eager`: its mask is additive, its cache updated).
         implementation = self.config._attn_implementation
         if output_attentions or (implementation == "sdpa" and self.training and self.dropout and query.is_cpu):
+            implementation = "eager"
+        if implementation == "paged|eager":
             implementation = "eager"
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         context, attn_weights = attention(
@@ -156,6 +177,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": TransformerBlock, "attentions": MultiHeadAttention}  # output [0], [1]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -205,7 +227,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_epsilon, bias=config.bias)
         self.post_init()
 
-    @can_return_tuple
+    @capture_outputs  # hidden states and attentions, recorded from the blocks (see _can_record_outputs)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -215,9 +237,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         r"""
         cache (`Cache`, *optional*): keys and values of the tokens seen so far (`past_key_values` before
@@ -225,14 +246,18 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         """
         cache = _one_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        # A cache is for inference; in training it would only copy every key and value once more.
+        # A cache is for inference; in training it would only copy every key and value once more. Packed rows
+        # (several sequences in one row, positions restarting at 0) cannot be continued from one cache.
+        packed = lambda: cache is None and attention_mask is None and _restarts(position_ids)  # noqa: E731
         if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
+            use_cache = self.config.use_cache and not self.training and not packed()
+        elif use_cache and packed():
+            raise ValueError("use_cache=True with packed rows (position_ids restarting within a row): one cache "
+                             "cannot hold several sequences; pass use_cache=False, or one sequence per row.")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor in a static cache
+        # Continuous batching's paged cache is no `Cache`: it sends each token's position in `position_ids`.
+        past_length = cache.get_seq_length() if isinstance(cache, Cache) else 0  # a tensor in a static cache
         if not torch.compiler.is_compiling():  # a compiled graph has no Python branches on values
             self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
@@ -241,33 +266,19 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         given_position_ids = position_ids
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device)
-        mask = create_causal_mask(
+        mask = create_causal_mask(  # block-diagonal for packed rows, which it finds from the given position_ids
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=given_position_ids,  # ours are never packed sequences: spare the check
+            position_ids=given_position_ids,
             **{_MASK_CACHE_NAME: cache},
         )
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))
 
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for block in self.trf_blocks:
-            if output_hidden_states:
-                all_hidden_states += (x,)
-            x, attn_weights = block(x, mask, cache, output_attentions, **kwargs)
-            if output_attentions:
-                all_attentions += (attn_weights,)
+            x, _ = block(x, mask, cache, output_attentions, position_ids=position_ids, **kwargs)
         x = self.final_norm(x)
-        if output_hidden_states:
-            all_hidden_states += (x,)
-
-        return BaseModelOutputWithPast(
-            last_hidden_state=x,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-            **{CACHE_NAME: cache if use_cache else None},
-        )
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_NAME: cache if use_cache else None})
 
     @staticmethod
     def _position_ids(attention_mask, past_length, n, device):
@@ -287,7 +298,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 f"Expected a (batch, sequence) batch of at least one token, got shape {tuple(tokens.shape)}."
             )
         batch, n = tokens.shape
-        if past_length + n > self.config.context_length:
+        # Given positions guard the position embedding themselves (packed rows hold several sequences, each of
+        # which must fit the context, not the row); otherwise the row is one sequence, after what is cached.
+        if (position_ids is None or past_length) and past_length + n > self.config.context_length:
             raise ValueError(
                 f"Sequence of {past_length + n} tokens ({past_length} cached + {n} new) is longer than "
                 f"context_length={self.config.context_length}; truncate the input to the last "
@@ -299,7 +312,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                          "trained with?")
         if position_ids is not None:
             _check_range(position_ids, self.config.context_length, "position_ids holds position {}, outside "
-                         f"[0, context_length={self.config.context_length}).")
+                         f"[0, context_length={self.config.context_length}): each sequence must fit the context; "
+                         "truncate it, or split it into windows.")
         if attention_mask is not None and attention_mask.dim() != 4:
             if tuple(attention_mask.shape) != (batch, past_length + n):
                 raise ValueError(
@@ -308,11 +322,11 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 )
 
 
-def _one_cache(cache, past_key_values):
-    """The cache, under whichever of its two names (see CACHE_NAME) the caller passed it."""
-    if cache is not None and past_key_values is not None:
-        raise ValueError("Pass the cache once: as `cache` (transformers >= 5.24) or as `past_key_values`, not both.")
-    return cache if cache is not None else past_key_values
+def _restarts(position_ids) -> bool:
+    """Whether some row's positions restart: packed sequences (DataCollatorWithFlattening, TRL's padding_free)."""
+    if position_ids is None or position_ids.shape[-1] < 2 or position_ids.is_meta or torch.compiler.is_compiling():
+        return False
+    return bool((position_ids[..., 1:] <= position_ids[..., :-1]).any())
 
 
 def _check_range(values: torch.Tensor, limit: int, message: str) -> None:
@@ -362,7 +376,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         labels: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch, sequence)`, *optional*): next-token targets equal to
@@ -373,8 +387,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -420,7 +433,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutputWithPast:
         r"""
         labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*): class ids
@@ -430,8 +443,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,

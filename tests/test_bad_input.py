@@ -73,13 +73,13 @@ def world(tmp_path_factory) -> dict:
     broken_copy("no_config", lambda f: (f / "config.json").unlink())
     broken_copy("bad_tokenizer", lambda f: (f / "tokenizer.json").write_text("garbage"))
 
-    def edit_config(folder, **changes):
+    def edit_config(folder, drop=(), **changes):
         fields = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**fields, **changes}))
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in {**fields, **changes}.items() if k not in drop}))
 
     broken_copy("config_wrong_type", lambda f: edit_config(f, n_heads="four"))
     broken_copy("config_bad_value", lambda f: edit_config(f, emb_dim=15))
-    broken_copy("config_misspelt", lambda f: edit_config(f, n_layer=3))
+    broken_copy("config_misspelt", lambda f: edit_config(f, n_layer=3, drop=["n_layers"]))  # in place of the field
     broken_copy("config_no_type", lambda f: edit_config(f, model_type=None))
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=16)).save_pretrained(root / "bert")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,24 @@ def test_the_cache_goes_by_the_name_generate_uses_and_is_read_by_either(model_fo
             torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), whole)
         with pytest.raises(ValueError, match="Pass the cache once"):
             model(ids[:, 5:], cache=DynamicCache(), past_key_values=DynamicCache())
+
+
+@pytest.mark.parametrize("head", ["causal_lm", "classifier", "base"])
+def test_the_old_cache_name_warns_once_where_transformers_renamed_it(model_for_module, head):
+    """From 5.24 transformers' own models answer `past_key_values=` with a FutureWarning; before, it is the name."""
+    from hf_scratch_gpt import ScratchGPTForSequenceClassification
+
+    model = {"causal_lm": model_for_module, "base": model_for_module.model,
+             "classifier": ScratchGPTForSequenceClassification(model_for_module.config).eval()}[head]
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 26, 53]])
+    with torch.no_grad():
+        cache = getattr(model(ids[:, :5], use_cache=True), CACHE_NAME)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rest = model(ids[:, 5:], use_cache=True, past_key_values=cache)
+    deprecations = [w for w in caught if w.category is FutureWarning and "`past_key_values` is deprecated" in str(w.message)]
+    assert len(deprecations) == (1 if CACHE_NAME == "cache" else 0)
+    assert getattr(rest, CACHE_NAME).get_seq_length() == 8  # and the cache was read
 
 
 @NEEDS_THE_RENAME

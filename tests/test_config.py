@@ -30,6 +30,28 @@ def test_json_round_trip(tmp_path):
     assert loaded.to_dict() == c.to_dict()
 
 
+def test_a_misspelt_field_is_refused_in_its_place_and_round_trips_beside_it(tmp_path, caplog):
+    """`n_layer` for `n_layers` would leave the real field at its default: refused where the field is missing.
+    An attribute set on a config (transformers' own tests set `layer_norm_eps`) is saved beside every field, and
+    a folder save_pretrained wrote must load back: with a warning, the field's saved value used."""
+    with pytest.raises(ValueError, match="got n_layer=3, a field it does not have; did you mean n_layers?"):
+        ScratchGPTConfig(n_layer=3)
+    c = ScratchGPTConfig(n_layers=2)
+    c.layer_norm_eps = 1.0
+    c.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["layer_norm_eps"] == 1.0
+    with caplog.at_level("WARNING"):
+        loaded = ScratchGPTConfig.from_pretrained(tmp_path)
+    assert "did you mean layer_norm_epsilon? Kept as an extra attribute" in caplog.text
+    assert loaded.to_dict() == c.to_dict()
+    assert (loaded.layer_norm_epsilon, loaded.layer_norm_eps, loaded.n_layers) == (1e-5, 1.0, 2)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["n_layer"] = saved.pop("n_layers")  # the typo in place of the field, in a file: still refused
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="did you mean n_layers?"):
+        ScratchGPTConfig.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize(
     "fields, field, rule",
     [

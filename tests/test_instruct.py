@@ -133,6 +133,16 @@ def test_collator_masks_token_by_token(options, input_ids, attention_mask, label
     assert batch["labels"].tolist() == labels
 
 
+def test_packing_collator_flattens_the_batch_with_the_same_targets():
+    batch = InstructionCollator(pad_token_id=EOS, packing=True)(FEATURES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, EOS, 5, 9, EOS]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8, EOS, -100, 9, EOS]]  # the padded batch's targets
+    assert "attention_mask" not in batch
+    unmasked = InstructionCollator(pad_token_id=EOS, mask_prompt=False, max_length=4, packing=True)(FEATURES)
+    assert unmasked["labels"].tolist() == [[-100, 6, 7, 8, -100, 9, EOS]]  # no target crosses into the next row
+
+
 def test_word_f1_and_exact_match():
     assert word_f1("The cat sat.", "the cat sat") == 1.0
     assert word_f1("a b", "c d") == 0.0
@@ -233,6 +243,31 @@ def test_lora_instruct_end_to_end(data_file, tokenizer, base_model, tmp_path, ju
     adapter_card = ModelCard.load(out / "adapter" / "README.md")
     assert adapter_card.data.library_name == "peft" and f"base model `{base_model}`" in adapter_card.text
     assert (out / "adapter" / "loss.png").is_file() and (out / "adapter" / "chat_template.jinja").is_file()
+
+
+def test_packed_training_logs_the_padded_runs_losses(data_file, base_model, tmp_path):
+    """--packing: each batch's records in one row, no padding; the same targets, so the same losses at every
+    logged step, evaluation included, and the same test responses."""
+    def run(packing):
+        out = tmp_path / f"packing_{packing}"
+        metrics = instruct(InstructionArguments(model=str(base_model), data=str(data_file), max_new_tokens=6,
+                                                packing=packing),
+                           InstructionTrainingArguments(output_dir=str(out), num_train_epochs=2, learning_rate=1e-2,
+                                                        logging_steps=1, per_device_train_batch_size=4,
+                                                        disable_tqdm=True, dataloader_pin_memory=False, seed=0))
+        last = max(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+        history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+        return metrics, [entry.get("loss", entry.get("eval_loss")) for entry in history if "epoch" in entry
+                         and ("loss" in entry or "eval_loss" in entry)]
+
+    padded, padded_losses = run(False)
+    packed, packed_losses = run(True)
+    assert len(packed_losses) == len(padded_losses) > 10
+    assert packed_losses[0] == pytest.approx(padded_losses[0], rel=1e-5)  # the same targets, the same loss
+    assert packed["base_test_loss"] == pytest.approx(padded["base_test_loss"], rel=1e-5)
+    # then rounding differences (sums in another order) grow a little with every step at this learning rate
+    assert packed_losses == pytest.approx(padded_losses, rel=1e-3)
+    assert packed["test_loss"] == pytest.approx(padded["test_loss"], rel=1e-3)
 
 
 def test_a_resumed_run_reports_the_base_score_of_its_start(data_file, base_model, tmp_path):

@@ -32,6 +32,9 @@ class InstructionArguments(FineTuningArguments):
                                                                    "(default: keep the file's order, as the book)."})
     mask_prompt: bool = field(default=True, metadata={"help": "Score the response tokens only (the prompt "
                                                               "tokens get label -100)."})
+    packing: bool = field(default=False, metadata={"help": "Train padding-free: each batch's records in one row, "
+                                                           "positions restarting at each (the same loss as padded "
+                                                           "batches, no compute spent on padding)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest response generated for the test split."})
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint of a judge model "
                                                                   "that scores test responses 0-100, e.g. Ollama's "
@@ -93,7 +96,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                                                  args.split_seed)
         model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
         test = datasets.get("test")
-        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt)
+        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, packing=args.packing)
         trainer = run.trainer(model, datasets, tokenizer, collator, callbacks, LanguageModelTrainer)
         require_whole_weights(trainer)
         if test is not None:
