@@ -83,7 +83,7 @@ def write_classification_card(output_dir: Path, *, model_name, base_model, model
     )
 
 
-def write_instruction_card(output_dir: Path, *, model_name, base_model, model, data, mode, mask_prompt,
+def write_instruction_card(output_dir: Path, *, model_name, base_model, model, data, mode, mask_prompt, packing,
                            dataset_sizes, training_args, metrics, examples, wall_seconds) -> ModelCard:
     """Write `README.md` for an instruction-following model: base model, data, prompt format,
     training, test results with a few responses, how to chat with it."""
@@ -91,7 +91,7 @@ def write_instruction_card(output_dir: Path, *, model_name, base_model, model, d
         output_dir, "instruct.md", "text-generation", model=model, model_name=model_name, data=data,
         metrics=metrics, base_model=base_model, mode=mode,
         hyperparameters=_fine_tuning(training_args, mode, wall_seconds),
-        mask_prompt=mask_prompt, dataset_sizes=dataset_sizes, examples=examples,
+        mask_prompt=mask_prompt, packing=packing, dataset_sizes=dataset_sizes, examples=examples,
     )
 
 

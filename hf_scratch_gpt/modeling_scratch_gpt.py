@@ -246,14 +246,15 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         """
         cache = _one_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        # A cache is for inference; in training it would only copy every key and value once more. Packed rows
-        # (several sequences in one row, positions restarting at 0) cannot be continued from one cache.
-        packed = lambda: cache is None and attention_mask is None and _restarts(position_ids)  # noqa: E731
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training and not packed()
-        elif use_cache and packed():
-            raise ValueError("use_cache=True with packed rows (position_ids restarting within a row): one cache "
-                             "cannot hold several sequences; pass use_cache=False, or one sequence per row.")
+        asked_for_cache = use_cache
+        if use_cache is None:  # a cache is for inference; in training it would only copy every key and value again
+            use_cache = self.config.use_cache and not self.training
+        # Packed rows (several sequences in one row, positions restarting at 0) cannot continue from one cache.
+        if use_cache and cache is None and attention_mask is None and _restarts(position_ids):
+            if asked_for_cache:
+                raise ValueError("use_cache=True with packed rows (position_ids restarting within a row): one cache "
+                                 "cannot hold several sequences; pass use_cache=False, or one sequence per row.")
+            use_cache = False
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         # Continuous batching's paged cache is no `Cache`: it sends each token's position in `position_ids`.

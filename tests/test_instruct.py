@@ -268,6 +268,8 @@ def test_packed_training_logs_the_padded_runs_losses(data_file, base_model, tmp_
     # then rounding differences (sums in another order) grow a little with every step at this learning rate
     assert packed_losses == pytest.approx(padded_losses, rel=1e-3)
     assert packed["test_loss"] == pytest.approx(padded["test_loss"], rel=1e-3)
+    assert "each batch packed padding-free" in (tmp_path / "packing_True" / "README.md").read_text()
+    assert "padding-free" not in (tmp_path / "packing_False" / "README.md").read_text()
 
 
 def test_a_resumed_run_reports_the_base_score_of_its_start(data_file, base_model, tmp_path):

@@ -118,7 +118,8 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                 (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
             card = write_instruction_card(
                 staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
-                mode=args.mode, mask_prompt=args.mask_prompt, dataset_sizes={split: len(d) for split, d in datasets.items()},
+                mode=args.mode, mask_prompt=args.mask_prompt, packing=args.packing,
+                dataset_sizes={split: len(d) for split, d in datasets.items()},
                 training_args=training_args, metrics=metrics, examples=responses[:3], wall_seconds=run.seconds,
             )
             if args.mode == "lora":
