@@ -29,12 +29,12 @@ import time
 
 import torch
 import torch._inductor.config
+from machine import describe, last_level_cache_bytes
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
 from hf_scratch_gpt import kernels_scratch_gpt as kernels
-from hf_scratch_gpt.recipes.runs import native_bf16
-from machine import describe, last_level_cache_bytes
+from hf_scratch_gpt.recipes.arguments import native_bf16
 
 SHAPE = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TRAIN_BATCH = {"cpu": (2, 256), "cuda": (16, 1024)}  # rows x tokens: what each device trains on in reasonable time

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from machine import describe
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -225,7 +224,8 @@ def main() -> None:
           f"pretraining model {step * 1e3:.0f} ms: {draw / step:.2%} of a step")
     if len(sizes) > 1:
         small, large = results[min(sizes)]["ours"], results[max(sizes)]["ours"]
-        print(f"memory growth, {min(sizes)} MB -> {max(sizes)} MB: peak PSS x{large['peak_pss'] / small['peak_pss']:.2f}, "
+        growth = large["peak_pss"] / small["peak_pss"]
+        print(f"memory growth, {min(sizes)} MB -> {max(sizes)} MB: peak PSS x{growth:.2f}, "
               f"anonymous x{large['peak_anon'] / small['peak_anon']:.2f}")
     largest = results[max(sizes)]
     mb_per_s = {way: max(sizes) / row["prepare_s"] for way, row in largest.items()}

@@ -17,7 +17,7 @@ about 5 minutes each. One run fine-tuned from random weights instead also scored
 the accuracy comes from a tokenizer and a small model fitted to the domain (one run is too few to
 say what pretraining adds on top).
 
-    python examples/classify_sms_spam.py --data ../shared/data/sms-spam.tsv
+    python examples/classify_sms_spam.py --data sms-spam.tsv
 
 `--mode lora` trains LoRA adapters (rank 8, every linear layer, the head in full) at 1e-3 instead.
 The last line printed is `test_accuracy=<float> wall_s=<float>`.

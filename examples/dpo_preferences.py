@@ -13,7 +13,7 @@
    log-probabilities of DPO hold against it.
 3. Greedy responses to the test prompts, written to `dpo/test_responses.json`.
 
-    python examples/dpo_preferences.py --data ../shared/data/instruction-data-with-preference.json
+    python examples/dpo_preferences.py --data instruction-data-with-preference.json
 
 The last line printed is `val_loss_before=<float> val_loss_after=<float> val_reward_accuracy=<float> wall_s=<float>`:
 the validation DPO loss before (ln 2: the model is its own reference) and after, the share of validation pairs whose

@@ -11,7 +11,7 @@
    instead), 5 epochs of batches of 8 at 1e-3.
 3. Greedy responses to the 110 test instructions, written to `tuned/test_responses.json` as the book does.
 
-    python examples/instruct_alpaca.py --data ../shared/data/instruction-data.json
+    python examples/instruct_alpaca.py --data instruction-data.json
 
 The last line printed is `base_test_loss=<float> tuned_test_loss=<float> wall_s=<float>`: the loss of
 the test responses' tokens under the pretrained model and under the fine-tuned one. Measured on 2 CPU
@@ -60,7 +60,8 @@ def instruction_model(data: str, output: Path, pretrain_steps: int = 600, mode: 
         )
     return instruct(
         InstructionArguments(model=str(base), data=data, mode=mode, max_new_tokens=128, packing=packing),
-        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=5, per_device_eval_batch_size=16,
+        InstructionTrainingArguments(output_dir=str(output / "tuned"), num_train_epochs=5,
+                                     per_device_eval_batch_size=16,
                                      learning_rate=1e-3 if mode == "full" else 3e-3,
                                      include_num_input_tokens_seen="all", **quiet),
         callbacks,

@@ -8,7 +8,7 @@ biases (on every layer but the query/key/value projection), and an output head w
 (65 characters are too few to share one matrix well). The first 90% of the text trains, the last 10%
 validates.
 
-    python examples/pretrain_tinyshakespeare.py --data ../shared/data/tinyshakespeare.txt
+    python examples/pretrain_tinyshakespeare.py --data tinyshakespeare.txt
 
 The last line printed is `val_loss=<float> wall_s=<float>`.
 """

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import Card, is_peft, new_folder, save_model, write_adapter_card, write_card, write_file
+from .artifacts.folders import check_new_file, check_new_folder
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .convert import _load_exactly
+from .convert import TANH_GELU, load_exactly
+from .loading import load_config, load_model, load_tokenizer
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 
 # The number of heads is the one shape a state dict does not hold: GPT-2's sizes have a known one.
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 BOOK_LORA_ALPHA = 16  # appendix E: replace_linear_with_lora(model, rank=16, alpha=16); alpha is not saved
 END_OF_TEXT_ID = 50256  # in GPT-2's vocabulary of 50,257, which the book's models use
-BOOK_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new")  # the book's GELU: the tanh approximation
+BOOK_SUFFIXES = (".pth", ".pt")  # what the book's torch.save(model.state_dict(), ...) files are called
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
 
 # (ours, the book's) inside each block, apart from query/key/value: three book layers, one fused `qkv` here.
@@ -94,7 +97,7 @@ def from_book(path_or_state_dict, config: ScratchGPTConfig | dict | None = None,
     classifier = _is_classifier(state)
     model_class = ScratchGPTForSequenceClassification if classifier else ScratchGPTForCausalLM
     model = model_class(config).to(state["tok_emb.weight"].dtype).eval()
-    _load_exactly(model, _ours(state, config.n_layers, head="score" if classifier else "out_head"))
+    load_exactly(model, _ours(state, config.n_layers, head="score" if classifier else "out_head"))
     if not lora:
         return model
     return _with_adapter(model, lora, BOOK_LORA_ALPHA if lora_alpha is None else lora_alpha)
@@ -105,13 +108,13 @@ def to_book(model) -> dict[str, torch.Tensor]:
     model's weights, which `GPTModel(cfg).load_state_dict(..., strict=True)` takes; `cfg` is the model's config
     as the book names it (`vocab_size`, `context_length`, `emb_dim`, `n_heads`, `n_layers`, `drop_rate`,
     `qkv_bias`)."""
-    if type(model).__name__.startswith("Peft"):
+    if is_peft(model):
         raise ValueError("to_book takes a plain model: merge the LoRA adapter first (model.merge_and_unload()).")
     if not isinstance(model, (ScratchGPTForCausalLM, ScratchGPTForSequenceClassification)):
         raise ValueError(f"to_book takes a ScratchGPTForCausalLM or ScratchGPTForSequenceClassification, got "
                          f"{type(model).__name__}.")
     c = model.config
-    if c.activation_function not in BOOK_ACTIVATIONS or c.layer_norm_epsilon != 1e-5:
+    if c.activation_function not in TANH_GELU or c.layer_norm_epsilon != 1e-5:
         raise ValueError(f"The book's GPTModel has the tanh GELU and LayerNorm epsilon 1e-5; this model has "
                          f"activation_function={c.activation_function!r}, layer_norm_epsilon={c.layer_norm_epsilon}.")
     ours = model.state_dict()
@@ -293,3 +296,46 @@ def _with_adapter(model, lora: dict, alpha: float):
         weights[key] = adapter[name][matrix == "B"]
     set_peft_model_state_dict(peft_model, weights)
     return peft_model.eval()
+
+
+def book_checkpoint_to_folder(source, output: Path, n_heads: int | None = None, lora_alpha: float | None = None,
+                              tokenizer_source: str = "openai-community/gpt2") -> str:
+    """A folder of ours (model, tokenizer, card) from the book's checkpoint; with LoRA layers, the model they make
+    (merged) in the folder, the PEFT adapter in `adapter/` and the weights it goes on in `base/`. Returns what
+    was saved, in words."""
+    check_new_folder(output)
+    model = from_book(source, {"n_heads": n_heads} if n_heads else None, lora_alpha)
+    tokenizer = load_tokenizer(tokenizer_source)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"--tokenizer {tokenizer_source} has {len(tokenizer)} tokens but the checkpoint's vocabulary "
+                         f"holds {model.config.vocab_size}; give the tokenizer the model was trained with.")
+    lora = is_peft(model)
+    with new_folder(output) as staging:
+        saved = save_model(model, tokenizer, staging, with_base=True)
+        classifier = isinstance(saved, ScratchGPTForSequenceClassification)
+        pipeline = "text-classification" if classifier else "text-generation"
+        card = write_card(staging, Card("book", saved, output.name, pipeline_tag=pipeline, base_model=str(source),
+                                        details=dict(pipeline=pipeline, book_config=book_config(saved.config),
+                                                     lora_alpha=(lora_alpha or BOOK_LORA_ALPHA) if lora else None,
+                                                     auto_class="AutoModelForSequenceClassification" if classifier
+                                                     else "AutoModelForCausalLM")))
+        if lora:
+            write_adapter_card(staging / "adapter", card)
+    return f"Saved {type(saved).__name__} to {output}" + (" (LoRA: merged; adapter/ and base/ beside)" if lora else "")
+
+
+def folder_to_book_checkpoint(source: str, destination: Path) -> str:
+    """The book's state dict of a saved model of ours, written whole or not at all. Returns what was saved and
+    how the book's code loads it, in words."""
+    if destination.suffix not in BOOK_SUFFIXES:
+        raise ValueError(f"--to book writes a .pth file; {destination} is not named like one.")
+    check_new_file(destination)
+    config = load_config(source)
+    classifier = "ScratchGPTForSequenceClassification" in (config.architectures or [])
+    model = load_model(source, ScratchGPTForSequenceClassification if classifier else ScratchGPTForCausalLM,
+                       config=config)
+    state = to_book(model)
+    write_file(destination, lambda path: torch.save(state, path))
+    c = model.config
+    head = f", its out_head set to torch.nn.Linear({c.emb_dim}, {c.num_labels}) (chapter 6)" if classifier else ""
+    return f"Saved the book's state dict to {destination}; load it into GPTModel({book_config(c)}){head}"

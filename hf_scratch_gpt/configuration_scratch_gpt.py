@@ -12,7 +12,8 @@ import transformers
 
 # This file runs with whatever transformers loads a checkpoint (remote code): say so before an import fails.
 MINIMUM_TRANSFORMERS = "5.23"
-if [int(n) for n in re.findall(r"\d+", transformers.__version__)[:2]] < [int(n) for n in MINIMUM_TRANSFORMERS.split(".")]:
+_INSTALLED = [int(n) for n in re.findall(r"\d+", transformers.__version__)[:2]]
+if _INSTALLED < [int(n) for n in MINIMUM_TRANSFORMERS.split(".")]:
     raise ImportError(
         f"This ScratchGPT model needs transformers >= {MINIMUM_TRANSFORMERS}, and this Python has "
         f"{transformers.__version__}: pip install --upgrade 'transformers>={MINIMUM_TRANSFORMERS}'"

@@ -181,7 +181,8 @@ def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dty
     megabytes = corpus.data.nbytes / 2**20
     memory_mapped = bool(corpus.cache_files) and corpus._indices is None  # batches are views of the cache files
     return corpus.with_format("arrow").map(
-        _DocumentTokens(tokenizer, dtype, page_out=memory_mapped), batched=True, num_proc=num_proc, remove_columns=corpus.column_names,
+        _DocumentTokens(tokenizer, dtype, page_out=memory_mapped), batched=True, num_proc=num_proc,
+        remove_columns=corpus.column_names,
         desc=f"Tokenizing {len(corpus):,} documents ({megabytes:,.0f} MB)").with_format(None)
 
 

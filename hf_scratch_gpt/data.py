@@ -215,7 +215,8 @@ def split_dataset(dataset: Dataset, fractions=(0.7, 0.1, 0.2), seed: int | None 
     bounds = {"train": (0, train_end), "validation": (train_end, validation_end), "test": (validation_end, n)}
     for (split, (start, end)), fraction in zip(bounds.items(), fractions):
         if fraction > 0 and end <= start:
-            raise ValueError(f"The {split} split is empty: {n} rows x {fraction} < 1. Use more data or other fractions.")
+            raise ValueError(f"The {split} split is empty: {n} rows x {fraction} < 1. Use more data or other "
+                             "fractions.")
     return DatasetDict({split: dataset.select(range(start, end)) for split, (start, end) in bounds.items()
                         if end > start})
 
@@ -334,6 +335,8 @@ class InstructionCollator:
     With `packing`, the rows go one after another in a single row without padding, their positions
     restarting at 0 (transformers' `DataCollatorWithFlattening`, which also keeps the first token of
     each row out of the loss): the same targets, hence the same loss, for no compute spent on padding.
+    `pad_to_multiple_of` then ends the row with a filler sequence of padding, out of the loss: kernels
+    tuned per shape (oneDNN's on CPUs) see a few row lengths again and again instead of a new one each batch.
     """
 
     pad_token_id: int
@@ -349,7 +352,13 @@ class InstructionCollator:
         rows = [list(f["input_ids"])[: self.max_length] for f in features]
         first_targets = [min(f["prompt_length"], len(row)) if self.mask_prompt else 0 for f, row in zip(features, rows)]
         if self.packing:
-            labelled = [{"input_ids": row, "labels": [-100] * first + row[first:]} for row, first in zip(rows, first_targets)]
+            labelled = [{"input_ids": row, "labels": [-100] * first + row[first:]}
+                        for row, first in zip(rows, first_targets)]
+            short = -sum(map(len, rows)) % (self.pad_to_multiple_of or 1)
+            while short > 0:  # filler sequences of their own (each within max_length), out of the loss
+                filler = min(short, self.max_length or short)
+                labelled.append({"input_ids": [self.pad_token_id] * filler, "labels": [-100] * filler})
+                short -= filler
             return DataCollatorWithFlattening(return_tensors="pt")(labelled)
         width = max(map(len, rows))
         if self.pad_to_multiple_of:

@@ -1,6 +1,6 @@
-"""Judging an instruction-following model (chapter 7): its greedy responses to held-out instructions,
-simple automatic scores against the reference outputs, and an optional judge model behind an
-OpenAI-compatible endpoint (the book asks Llama 3 through Ollama)."""
+"""Judging an instruction-following model (chapter 7): simple automatic scores of its responses against the
+reference outputs, and an optional judge model behind an OpenAI-compatible endpoint (the book asks Llama 3
+through Ollama)."""
 
 import json
 import re
@@ -8,52 +8,6 @@ import string
 import urllib.error
 import urllib.request
 from collections import Counter
-
-import torch
-
-from .data import instruction_messages
-
-
-def generate_responses(model, tokenizer, records, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
-    """Greedy responses to `records` (dicts with instruction / input), prompted with the tokenizer's chat template."""
-    return generate_replies(model, tokenizer, [instruction_messages(r, with_response=False) for r in records],
-                            max_new_tokens, batch_size)
-
-
-def generate_replies(model, tokenizer, prompts, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
-    """Greedy replies to `prompts` (texts as they are, or conversations written with the tokenizer's chat
-    template), stopped at end-of-text. Prompts of similar length are batched together (left-padded);
-    `max_new_tokens` is capped by the room left in the context."""
-    prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-               for p in prompts]
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    context = model.config.max_position_embeddings
-    too_long = [i for i, ids in enumerate(encoded) if len(ids) >= context]
-    if too_long:
-        raise ValueError(f"Prompt {too_long[0]} has {len(encoded[too_long[0]])} tokens, which leaves no room in the "
-                         f"model's context of {context}; shorten it.")
-    responses = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            attention_mask[row, width - len(encoded[i]) :] = 1
-        with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                max_new_tokens=min(max_new_tokens, context - width), do_sample=False,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            )
-        for row, i in enumerate(batch):
-            responses[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
-    model.train(was_training)
-    return responses
 
 
 def _words(text: str) -> list[str]:
@@ -76,7 +30,8 @@ def word_f1(response: str, reference: str) -> float:
 def response_scores(responses: list[str], references: list[str]) -> dict:
     """Mean exact match (same words, ignoring case and punctuation) and mean word F1."""
     if len(responses) != len(references) or not responses:
-        raise ValueError(f"Need as many responses as references (and some): got {len(responses)} and {len(references)}.")
+        raise ValueError(f"Need as many responses as references (and some): got {len(responses)} and "
+                         f"{len(references)}.")
     return {
         "exact_match": sum(_words(r) == _words(e) for r, e in zip(responses, references)) / len(responses),
         "word_f1": sum(word_f1(r, e) for r, e in zip(responses, references)) / len(responses),
@@ -111,7 +66,8 @@ class Judge:
         try:
             text = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise ValueError(f"The judge at {self.url} sent a reply that is not a chat completion: {reply!r:.200}") from None
+            raise ValueError(f"The judge at {self.url} sent a reply that is not a chat completion: "
+                             f"{reply!r:.200}") from None
         number = re.search(r"\d+", text)
         if number is None:
             raise ValueError(f"The judge at {self.url} replied {text!r:.100} instead of a score from 0 to 100.")
@@ -127,7 +83,8 @@ class Judge:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 return json.loads(answer.read().decode())
         except urllib.error.HTTPError as error:
-            raise ValueError(f"The judge at {self.url} answered {path} with HTTP {error.code} {error.reason}.") from None
+            raise ValueError(f"The judge at {self.url} answered {path} with HTTP {error.code} "
+                             f"{error.reason}.") from None
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ValueError(f"Cannot reach the judge at {self.url}: {reason}. Start it (for example `ollama serve`) "

@@ -10,15 +10,19 @@ tokenizer other than byte-level BPE split into words as GPT-2's.
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import gguf
 from transformers.pytorch_utils import Conv1D
 
-from .convert import to_gpt2
+from .artifacts import new_folder
+from .artifacts.folders import check_new_folder
+from .command import Command
+from .convert import TANH_GELU, convert_folder, to_gpt2
 from .loading import has_tokenizer, load_config, load_model, load_tokenizer
 from .modeling_scratch_gpt import ScratchGPTForCausalLM
-from .recipes.runs import output_folder, saving_into
 from .tokenization import gpt2_style_bpe
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,6 @@ GGUF_DTYPES = {
     "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0),
 }
-TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")  # the one activation llama.cpp's GPT-2 computes
 # The book's evaluation queries Ollama greedily with a fixed seed (chapter 7).
 OLLAMA_SEED = 123
 
@@ -43,10 +46,9 @@ def export_gguf(model_dir: str, destination: str, dtype: str = "f32") -> Path:
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"GGUF dtype {dtype!r} is unknown: use one of {', '.join(GGUF_DTYPES)}.")
     output = Path(destination)
-    if output.is_dir() and any(output.iterdir()):
-        raise ValueError(f"Output folder {output} already exists and is not empty; choose another destination.")
+    check_new_folder(output)
     config = require_language_model(model_dir)
-    if config.activation_function not in TANH_GELU:  # a field of ours and of GPT-2's
+    if config.activation_function not in TANH_GELU:  # the one llama.cpp's GPT-2 computes; a field of ours and GPT-2's
         raise ValueError(f"{model_dir} uses activation_function={config.activation_function!r}, but llama.cpp's GPT-2 "
                          "computes the tanh GELU only; export it with --format gpt2 instead.")
     if not has_tokenizer(model_dir):
@@ -55,7 +57,7 @@ def export_gguf(model_dir: str, destination: str, dtype: str = "f32") -> Path:
     tokenizer = load_tokenizer(model_dir, config=config)
     vocabulary = gguf_vocabulary(tokenizer, config.vocab_size, model_dir)
     model = load_model(model_dir, ScratchGPTForCausalLM, tokenizer, config=config)
-    with output_folder(output), saving_into(output) as staging:
+    with new_folder(output) as staging:
         write_gguf(to_gpt2(model), vocabulary, staging / GGUF_FILE, dtype, name=Path(model_dir).name)
         (staging / MODELFILE).write_text(modelfile(tokenizer, model.config.context_length), encoding="utf-8")
     return output / GGUF_FILE
@@ -188,3 +190,32 @@ def ollama_template(tokenizer) -> str:
     text = (f"{{{{ if .System }}}}{with_system[: len(with_system) - shared]}{{{{ else }}}}"
             f"{without[: len(without) - shared]}{{{{ end }}}}{without[len(without) - shared :]}")
     return text.replace(prompt, "{{ .Prompt }}").replace(system, "{{ .System }}")
+
+
+@dataclass
+class ExportArguments:
+    format: Literal["gguf", "gpt2"] = field(default="gguf", metadata={
+        "help": "gguf: a GGUF file for llama.cpp with an Ollama Modelfile beside it; gpt2: a GPT2LMHeadModel "
+                "folder that needs no custom code (what `convert` writes)."})
+    dtype: Literal["f32", "f16", "q8_0"] | None = field(default=None, metadata={
+        "help": "How the GGUF file stores the weight matrices: f32 (exact, the default), f16 (half the size), "
+                "q8_0 (about a quarter)."})
+
+    def __post_init__(self):
+        if self.dtype is not None and self.format != "gguf":
+            raise ValueError(f"--dtype applies to --format gguf only, not to --format {self.format}.")
+
+
+def export_command(args: ExportArguments, model_dir: str, destination: str) -> None:
+    """A model for llama.cpp and Ollama (GGUF and Modelfile), or as a plain GPT-2 folder."""
+    if args.format == "gpt2":
+        if require_language_model(model_dir).model_type == "gpt2":
+            raise ValueError(f"{model_dir} holds a GPT-2 model already; it needs no export.")
+        print(convert_folder(model_dir, Path(destination)))
+        return
+    path = export_gguf(model_dir, destination, args.dtype or "f32")
+    print(f"Saved {path} and {path.parent / MODELFILE}: ollama create NAME -f {path.parent / MODELFILE}")
+
+
+command = Command(export_command, (ExportArguments,), (("model_dir", "Saved causal LM folder (ours or GPT-2's)."),
+                                                       ("destination", "Output folder.")))

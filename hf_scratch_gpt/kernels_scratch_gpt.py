@@ -224,3 +224,26 @@ def head_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk_ro
     else:
         normaliser = torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=hidden.device)
     return _HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, normaliser, chunk_rows)
+
+
+class PackedRow:
+    """One packed row (several sequences one after another, as `DataCollatorWithFlattening` sends them) laid out
+    for attention as a batch of its sequences, right-padded to a common width (a multiple of 8, so that batches
+    repeat a few shapes). Attention over that batch is plain causal attention: a real token never sees the
+    padding after it, nor another sequence; the padding's own outputs are dropped when packing back. It costs
+    what a padded batch's attention costs, in one call, where a mask over the whole row costs its square."""
+
+    def __init__(self, lengths: list[int], device):
+        self.count, self.width = len(lengths), -(-max(lengths) // 8) * 8
+        self.index = torch.cat([torch.arange(n, device=device) + i * self.width for i, n in enumerate(lengths)])
+
+    def unpack(self, states: torch.Tensor) -> torch.Tensor:
+        """(1, heads, tokens, d) -> (sequences, heads, width, d)."""
+        heads, size = states.shape[1], states.shape[3]
+        batch = states.new_zeros(heads, self.count * self.width, size)
+        batch[:, self.index] = states[0]
+        return batch.view(heads, self.count, self.width, size).transpose(0, 1)
+
+    def pack(self, context: torch.Tensor) -> torch.Tensor:
+        """(sequences, width, heads, d) -> (1, tokens, heads, d)."""
+        return context.reshape(self.count * self.width, *context.shape[2:])[self.index].unsqueeze(0)

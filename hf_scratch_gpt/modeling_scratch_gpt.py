@@ -32,7 +32,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .kernels_scratch_gpt import Dropout, Linear, dropout16, head_cross_entropy
+from .kernels_scratch_gpt import Dropout, Linear, PackedRow, dropout16, head_cross_entropy
 
 # --- The cache's name across transformers releases: delete this section when the floor reaches 5.24 ----------
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs, the
@@ -62,11 +62,10 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     `attention_mask` is whatever transformers' mask builder made: an additive float mask (eager), a
     boolean keep-mask (sdpa), or None for a plain causal mask, which we then build as the book does.
     """
-    # Scaling the queries is scaling the scores, on a tensor head_dim / k times the size (exact for GPT-2's
-    # head_dim 64: a power of two); a boolean mask is applied in place (backward does not need the unmasked
-    # scores): together a fifth of the attention's time in a bf16 training step at GPT-2's shape. An additive
-    # mask is added out of place: its dtype's minimum (fp32's, under autocast) would overflow bf16 or fp16
-    # scores to -inf, and a row with no key to attend to (left padding) to NaN.
+    # Scaling the queries is scaling the scores, on a smaller tensor (exact for a power-of-two head size); a
+    # boolean mask is applied in place (backward does not need the unmasked scores). An additive mask is added
+    # out of place: its dtype's minimum (fp32's, under autocast) would overflow bf16 scores to -inf, and a row
+    # with no key to attend to (left padding) to NaN.
     attn_scores = (query * scaling) @ key.transpose(2, 3)  # (b, h, n, k)
     if attention_mask is None:  # the book's triangular mask; the offset lets cached queries see the past
         n, k = attn_scores.shape[-2:]
@@ -101,7 +100,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
         self.out_proj.writes_residual = True  # smaller initialisation, see _init_weights
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, output_attentions=False, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, cache=None, output_attentions=False, packed_row=None,
+                **kwargs):
         b, n, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, h, n, d)
@@ -118,16 +118,15 @@ class MultiHeadAttention(nn.Module):
         if implementation == "paged|eager":
             implementation = "eager"
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        context, attn_weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            **kwargs,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if packed_row is None:
+            context, attn_weights = attention(
+                self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs
+            )
+        else:  # one packed row, attended as a batch of its sequences (see PackedRow)
+            batch = (packed_row.unpack(states) for states in (query, key, value))
+            context, _ = attention(self, *batch, None, scaling=self.scaling, dropout=dropout, **kwargs)
+            context, attn_weights = packed_row.pack(context), None
         return self.out_proj(context.reshape(b, n, -1)), attn_weights
 
 
@@ -189,7 +188,8 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             return
         super()._init_weights(module)
         if self.config.initialization == "gpt2" and getattr(module, "writes_residual", False):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range / math.sqrt(2 * self.config.n_layers))
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Name every Auto class in `auto_map`, not only this one, so that any of them loads the
@@ -246,15 +246,13 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         """
         cache = _one_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        asked_for_cache = use_cache
+        # Packed rows: several sequences in one row, positions restarting at 0 at each. No cache can continue them.
+        packed = cache is None and attention_mask is None and _restarts(position_ids)
         if use_cache is None:  # a cache is for inference; in training it would only copy every key and value again
-            use_cache = self.config.use_cache and not self.training
-        # Packed rows (several sequences in one row, positions restarting at 0) cannot continue from one cache.
-        if use_cache and cache is None and attention_mask is None and _restarts(position_ids):
-            if asked_for_cache:
-                raise ValueError("use_cache=True with packed rows (position_ids restarting within a row): one cache "
-                                 "cannot hold several sequences; pass use_cache=False, or one sequence per row.")
-            use_cache = False
+            use_cache = self.config.use_cache and not self.training and not packed
+        elif use_cache and packed:
+            raise ValueError("use_cache=True with packed rows (position_ids restarting within a row): one cache "
+                             "cannot hold several sequences; pass use_cache=False, or one sequence per row.")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         # Continuous batching's paged cache is no `Cache`: it sends each token's position in `position_ids`.
@@ -267,7 +265,14 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         given_position_ids = position_ids
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device)
-        mask = create_causal_mask(  # block-diagonal for packed rows, which it finds from the given position_ids
+        # Eager and sdpa attention take one packed row as a batch of its sequences; flash and flex attention, or a
+        # batch of packed rows, take a block-diagonal mask, which the mask builder makes from the given positions.
+        packed_row = None
+        if packed and inputs_embeds.shape[0] == 1 and not output_attentions and self.config._attn_implementation in (
+            "eager", "sdpa"
+        ):
+            packed_row = PackedRow(_sequence_lengths(position_ids[0]), inputs_embeds.device)
+        mask = None if packed_row else create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -277,7 +282,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))
 
         for block in self.trf_blocks:
-            x, _ = block(x, mask, cache, output_attentions, position_ids=position_ids, **kwargs)
+            x, _ = block(x, mask, cache, output_attentions, position_ids=position_ids, packed_row=packed_row, **kwargs)
         x = self.final_norm(x)
         return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_NAME: cache if use_cache else None})
 
@@ -328,6 +333,12 @@ def _restarts(position_ids) -> bool:
     if position_ids is None or position_ids.shape[-1] < 2 or position_ids.is_meta or torch.compiler.is_compiling():
         return False
     return bool((position_ids[..., 1:] <= position_ids[..., :-1]).any())
+
+
+def _sequence_lengths(positions: torch.Tensor) -> list[int]:
+    """The lengths of the sequences packed into one row, from its positions."""
+    starts = [0, *((positions[1:] <= positions[:-1]).nonzero().flatten() + 1).tolist(), positions.shape[0]]
+    return [end - start for start, end in zip(starts, starts[1:])]
 
 
 def _check_range(values: torch.Tensor, limit: int, message: str) -> None:

@@ -1,3 +1,5 @@
+"""Fixtures the tests share: tiny models, and one output folder of every kind the package writes."""
+
 import os
 import tempfile
 
@@ -5,33 +7,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub: they build thei
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-scratch-gpt-tests-")  # no shared cache
 
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
-from hf_scratch_gpt import ScratchGPTConfig
 
-VOCAB = 101
-
-
-def tiny_config(**overrides) -> ScratchGPTConfig:
-    fields = dict(vocab_size=VOCAB, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
-                  eos_token_id=VOCAB - 1, bos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1)
-    return ScratchGPTConfig(**{**fields, **overrides})
-
-
-def tiny_gpt2(seed: int = 0, **overrides) -> GPT2LMHeadModel:
-    """A randomly initialised small GPT-2, with biases and norms made non-trivial so that any
-    misplaced tensor shows in the logits."""
-    torch.manual_seed(seed)
-    fields = dict(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                  bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
-    model = GPT2LMHeadModel(GPT2Config(**{**fields, **overrides})).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "ln" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
+from support import INSTRUCTIONS, QUIET, SMS, VOCAB, classification_run, tiny_gpt2
 
 
 @pytest.fixture
@@ -44,34 +23,6 @@ def model(gpt2):
     return hf_scratch_gpt.from_gpt2(gpt2)
 
 
-def left_padded(batch_rows: list[list[int]], pad: int = VOCAB - 1):
-    """input_ids and attention_mask of rows padded on the left to a common length."""
-    width = max(map(len, batch_rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch_rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch_rows])
-    return ids, mask
-
-
-SMS = [("spam", "WIN a FREE prize now!!! call 0800"), ("spam", "URGENT!!! claim your FREE cash"),
-       ("ham", "see you at lunch"), ("ham", "ok i am on my way home"), ("ham", "can we meet later today?")]
-INSTRUCTIONS = [{"instruction": "Repeat the word.", "input": word, "output": word}
-                for word in ("apple", "river", "stone", "cloud", "tiger")] + [
-               {"instruction": "Say hello.", "input": "", "output": "Hello!"}]
-
-
-QUIET = dict(disable_tqdm=True, dataloader_pin_memory=False, report_to="none", seed=0)
-
-
-def classification_run(root, output_dir, **training):
-    """The arguments of `run_folders`' classification run (LoRA, 2 epochs, a checkpoint each)."""
-    from hf_scratch_gpt.recipes import ClassificationArguments, ClassificationTrainingArguments
-
-    args = ClassificationArguments(model=str(root / "pretrain"), data=str(root / "sms.tsv"), text_column="SMS",
-                                   label_column="Label")
-    return args, ClassificationTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, logging_steps=2,
-                                                 learning_rate=1e-2, **{**QUIET, **training})
-
-
 @pytest.fixture(scope="session")
 def run_folders(tmp_path_factory) -> dict:
     """One tiny output folder of every kind this package writes, made the way users make them: `pretrain`,
@@ -80,8 +31,16 @@ def run_folders(tmp_path_factory) -> dict:
     import json
 
     from hf_scratch_gpt.cli import main
-    from hf_scratch_gpt.recipes import (DataArguments, InstructionArguments, InstructionTrainingArguments,
-                                        ModelArguments, PretrainingArguments, classify, instruct, pretrain)
+    from hf_scratch_gpt.recipes import (
+        DataArguments,
+        InstructionArguments,
+        InstructionTrainingArguments,
+        ModelArguments,
+        PretrainingArguments,
+        classify,
+        instruct,
+        pretrain,
+    )
     from hf_scratch_gpt.tokenization import ALPACA_PREAMBLE, train_tokenizer
 
     root = tmp_path_factory.mktemp("runs")

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 import torch
-from conftest import INSTRUCTIONS, classification_run
 from datasets import Dataset
 from peft import PeftModel
 from transformers import (
@@ -24,8 +23,10 @@ from transformers import (
 
 from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 from hf_scratch_gpt.data import instruction_messages
-from hf_scratch_gpt.evaluation import generate_responses
+from hf_scratch_gpt.generation import generate_responses
 from hf_scratch_gpt.recipes import classify
+
+from support import INSTRUCTIONS, classification_run
 
 IDS = [[5, 6, 7, 8, 9]]
 TEXTS = ["WIN a FREE prize now!!! call 0800 3", "see you at lunch 2"]

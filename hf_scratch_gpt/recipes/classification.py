@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainerCallback
 
+from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..command import Command
 from ..data import build_classification_dataset, load_labelled
-from ..hub import write_adapter_card, write_classification_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
-from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights, save_model
-from .runs import RecipeTrainingArguments, recipe_run
+from .arguments import RecipeTrainingArguments
+from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights
+from .runs import recipe_run, report, write_results
 
 
 @dataclass
@@ -81,7 +83,8 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
         label_names = datasets["train"].features["labels"].names
         model = load_model(args.model, ScratchGPTForSequenceClassification, tokenizer, config=config,
                            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                           label2id={name: i for i, name in enumerate(label_names)}, pad_token_id=tokenizer.pad_token_id)
+                           label2id={name: i for i, name in enumerate(label_names)},
+                           pad_token_id=tokenizer.pad_token_id)
         model = make_trainable(model, args, "SEQ_CLS", head="score")
         trainer = run.trainer(model, datasets, tokenizer, DataCollatorWithPadding(tokenizer), callbacks,
                               compute_metrics=classification_metrics(label_names))
@@ -90,19 +93,27 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
         test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
         metrics = dict(test.metrics) if test else trainer.evaluate()
 
-        def write_files(staging):
-            confusion = None
-            if test is not None:
-                confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
-                np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
-            saved = save_model(model, tokenizer, staging, args.mode)
-            card = write_classification_card(
-                staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
-                mode=args.mode, dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
-                training_args=training_args, metrics=metrics, confusion=confusion, wall_seconds=run.seconds,
-            )
-            if args.mode == "lora":
-                write_adapter_card(staging / "adapter", card, args.model)
-
-        run.save(trainer, write_files, metrics, "test_results.json")
+        confusion = None
+        if test is not None:
+            confusion = np.zeros((len(label_names), len(label_names)), dtype=int)
+            np.add.at(confusion, (test.label_ids, _predicted_ids(test.predictions)), 1)
+        if trainer.is_world_process_zero():
+            with run.final_folder(trainer) as staging:
+                saved = save_model(model, tokenizer, staging)
+                card = write_card(staging, Card(
+                    "classify", saved, run.output_dir.name, pipeline_tag="text-classification", data=args.data,
+                    base_model=args.model, mode=args.mode, metrics=metrics,
+                    hyperparameters=training_hyperparameters(training_args, run.seconds, args.mode), details=dict(
+                        dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
+                        confusion=confusion.tolist() if confusion is not None else None)))
+                if args.mode == "lora":
+                    write_adapter_card(staging / "adapter", card, args.model)
+                write_results(staging / "test_results.json", metrics)
     return metrics
+
+
+def _classify_command(args, training_args) -> None:
+    report(classify(args, training_args), training_args, "the classifier", ("test_accuracy", "eval_accuracy"))
+
+
+command = Command(_classify_command, (ClassificationArguments, ClassificationTrainingArguments), flag_file=True)

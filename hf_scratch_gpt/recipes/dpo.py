@@ -10,20 +10,15 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..command import Command
 from ..data import load_preferences, preference_pair, split_dataset
-from ..evaluation import generate_replies
-from ..hub import write_adapter_card, write_preference_card
+from ..generation import generate_replies
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
-from .finetuning import (
-    FineTuningArguments,
-    context_max_length,
-    lora_config,
-    make_trainable,
-    require_whole_weights,
-    save_model,
-)
-from .runs import RecipeTrainingArguments, recipe_run
+from .arguments import RecipeTrainingArguments
+from .finetuning import FineTuningArguments, context_max_length, lora_config, make_trainable, require_whole_weights
+from .runs import recipe_run, report, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -118,23 +113,29 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
         if test is not None:
             metrics.update(_preference_metrics(trainer.evaluate(pairs["test"], metric_key_prefix="test"), "test"))
 
-        def write_files(staging):
-            saved = save_model(trainer.model, tokenizer, staging, args.mode)
-            responses = []
-            if test is not None:
-                replies = generate_replies(saved, tokenizer, pairs["test"]["prompt"], args.max_new_tokens,
-                                           training_args.per_device_train_batch_size)  # evaluation's is 1
-                responses = [{**record, "model_response": reply} for record, reply in zip(test, replies)]
-                (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-            card = write_preference_card(
-                staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
-                mode=args.mode, dataset_sizes={split: len(d) for split, d in records.items()},
-                training_args=training_args, metrics=metrics, examples=responses[:3], wall_seconds=run.seconds,
-            )
-            if args.mode == "lora":
-                write_adapter_card(staging / "adapter", card, args.model)
-
-        run.save(trainer, write_files, metrics, "test_results.json")
+        if trainer.is_world_process_zero():
+            with run.final_folder(trainer) as staging:
+                saved = save_model(trainer.model, tokenizer, staging)
+                responses = []
+                if test is not None:  # the greedy responses of the model as saved (LoRA merged)
+                    replies = generate_replies(saved, tokenizer, pairs["test"]["prompt"], args.max_new_tokens,
+                                               training_args.per_device_train_batch_size)  # evaluation's is 1
+                    responses = [{**record, "model_response": reply} for record, reply in zip(test, replies)]
+                    (staging / "test_responses.json").write_text(
+                        json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
+                hyperparameters = {
+                    "beta": training_args.beta, "loss": ", ".join(training_args.loss_type),
+                    "reference": "the base (adapter switched off)" if args.mode == "lora"
+                                 else "a frozen copy of the base",
+                    "pairs cut to (tokens)": training_args.max_length,
+                    **training_hyperparameters(training_args, run.seconds, args.mode)}
+                card = write_card(staging, Card(
+                    "dpo", saved, run.output_dir.name, data=args.data, base_model=args.model, mode=args.mode,
+                    metrics=metrics, hyperparameters=hyperparameters, tags=("trl", "dpo"), details=dict(
+                        examples=responses[:3], dataset_sizes={split: len(d) for split, d in records.items()})))
+                if args.mode == "lora":
+                    write_adapter_card(staging / "adapter", card, args.model)
+                write_results(staging / "test_results.json", metrics)
     return metrics
 
 
@@ -170,3 +171,11 @@ def _starting_point(log_history: list[dict]) -> dict:
     """The validation loss before the first step (`eval_on_start`), as `base_eval_loss` (absent when not measured)."""
     first = next((entry for entry in log_history if "eval_loss" in entry and entry["step"] == 0), None)
     return {"base_eval_loss": first["eval_loss"]} if first else {}
+
+
+def _dpo_command(args, training_args) -> None:
+    report(dpo(args, training_args), training_args, "the preference-tuned model",
+           ("base_eval_loss", "eval_loss", "eval_reward_accuracy", "test_reward_accuracy"))
+
+
+command = Command(_dpo_command, (PreferenceArguments, DPOTrainingArguments), flag_file=True)

@@ -1,8 +1,7 @@
-"""What the fine-tuning recipes share: their arguments, what trains (PEFT LoRA, everything, or the book's
-last blocks), and the folders a run leaves."""
+"""What the fine-tuning recipes share: their arguments, and what trains (PEFT LoRA, everything, or the book's
+last blocks)."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -89,15 +88,3 @@ def require_whole_weights(trainer) -> None:
     if trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
         raise ValueError("The fine-tuning recipes run with DDP or DeepSpeed ZeRO-1/2 (LoRA and the book's last "
                          "blocks train a few MB: sharding them buys nothing); launch without FSDP / ZeRO-3.")
-
-
-def save_model(model, tokenizer, output_dir: Path, mode: str):
-    """Write the trained model and its tokenizer to `output_dir`; for LoRA also the adapter to
-    `output_dir/adapter`, with the merged model in `output_dir` itself. Returns the saved model."""
-    if mode == "lora":
-        model.save_pretrained(output_dir / "adapter")
-        tokenizer.save_pretrained(output_dir / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return model

@@ -9,15 +9,18 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
+from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..command import Command
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
-from ..evaluation import Judge, generate_responses, response_scores
-from ..hub import write_adapter_card, write_instruction_card
+from ..evaluation import Judge, response_scores
+from ..generation import generate_responses
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
-from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights, save_model
-from .pretraining import LanguageModelTrainer
-from .runs import RecipeTrainingArguments, recipe_run
+from .arguments import RecipeTrainingArguments
+from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights
+from .runs import recipe_run, report, write_results
+from .trainer import LanguageModelTrainer, ScoreBeforeTraining
 
 
 @dataclass
@@ -35,6 +38,10 @@ class InstructionArguments(FineTuningArguments):
     packing: bool = field(default=False, metadata={"help": "Train padding-free: each batch's records in one row, "
                                                            "positions restarting at each (the same loss as padded "
                                                            "batches, no compute spent on padding)."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "Pad each batch (with --packing: each row, with a filler record) to a multiple of this many tokens, "
+                "so that kernels tuned per shape (oneDNN's on CPUs) see few shapes (default: 8; 64 with --packing; "
+                "1: no rounding)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest response generated for the test split."})
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint of a judge model "
                                                                   "that scores test responses 0-100, e.g. Ollama's "
@@ -45,6 +52,11 @@ class InstructionArguments(FineTuningArguments):
         super().__post_init__()
         if self.max_new_tokens <= 0:
             raise ValueError(f"--max_new_tokens={self.max_new_tokens} is invalid: it must be a positive integer.")
+        if self.pad_to_multiple_of is None:
+            self.pad_to_multiple_of = 64 if self.packing else 8
+        if self.pad_to_multiple_of <= 0:
+            raise ValueError(f"--pad_to_multiple_of={self.pad_to_multiple_of} is invalid: it must be a positive "
+                             "integer (1 for no rounding).")
 
 
 @dataclass
@@ -54,19 +66,6 @@ class InstructionTrainingArguments(RecipeTrainingArguments):
     output_dir: str | None = field(default="scratch-gpt-instruct", metadata={"help": "Where the model goes."})
     num_train_epochs: float = field(default=2, metadata={"help": "Epochs over the training split."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `prompt_length` for the collator."})
-
-
-class ScoreBeforeTraining(TrainerCallback):
-    """Evaluate `dataset` before the first training step, when Trainer has prepared the model for DDP or
-    DeepSpeed (`Trainer.evaluate` before `train` leaves it unwrapped under DDP, and fails under ZeRO-2).
-    The metrics go to the log history, where a resumed run finds them in its checkpoint."""
-
-    def __init__(self, trainer, dataset, metric_key_prefix: str):
-        self.trainer, self.dataset, self.metric_key_prefix = trainer, dataset, metric_key_prefix
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step == 0:
-            self.trainer.evaluate(self.dataset, metric_key_prefix=self.metric_key_prefix)
 
 
 def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None,
@@ -96,7 +95,8 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                                                  args.split_seed)
         model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
         test = datasets.get("test")
-        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, packing=args.packing)
+        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, args.pad_to_multiple_of,
+                                       args.packing)
         trainer = run.trainer(model, datasets, tokenizer, collator, callbacks, LanguageModelTrainer)
         require_whole_weights(trainer)
         if test is not None:
@@ -110,33 +110,43 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
             metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
             metrics["test_perplexity"] = math.exp(min(metrics["test_loss"], 50.0))
 
-        def write_files(staging):
-            saved = save_model(model, tokenizer, staging, args.mode)
-            responses = []
-            if test is not None:
-                responses = _answer(saved, tokenizer, test, args, training_args, judge, metrics)
-                (staging / "test_responses.json").write_text(json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
-            card = write_instruction_card(
-                staging, model_name=run.output_dir.name, base_model=args.model, model=saved, data=args.data,
-                mode=args.mode, mask_prompt=args.mask_prompt, packing=args.packing,
-                dataset_sizes={split: len(d) for split, d in datasets.items()},
-                training_args=training_args, metrics=metrics, examples=responses[:3], wall_seconds=run.seconds,
-            )
-            if args.mode == "lora":
-                write_adapter_card(staging / "adapter", card, args.model)
-
-        run.save(trainer, write_files, metrics, "test_results.json")
+        if trainer.is_world_process_zero():
+            with run.final_folder(trainer) as staging:
+                saved = save_model(model, tokenizer, staging)
+                responses = []
+                if test is not None:  # the greedy responses of the model as saved (LoRA merged)
+                    responses, scores = _answer(saved, tokenizer, test, args, training_args, judge)
+                    metrics = {**metrics, **scores}
+                    (staging / "test_responses.json").write_text(
+                        json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
+                card = write_card(staging, Card(
+                    "instruct", saved, run.output_dir.name, data=args.data, base_model=args.model, mode=args.mode,
+                    metrics=metrics, hyperparameters=training_hyperparameters(training_args, run.seconds, args.mode),
+                    details=dict(mask_prompt=args.mask_prompt, packing=args.packing, examples=responses[:3],
+                                 dataset_sizes={split: len(d) for split, d in datasets.items()})))
+                if args.mode == "lora":
+                    write_adapter_card(staging / "adapter", card, args.model)
+                write_results(staging / "test_results.json", metrics)
     return metrics
 
 
-def _answer(model, tokenizer, test, args, training_args, judge, metrics: dict) -> list[dict]:
-    """Greedy responses to the test records, scored into `metrics` (and by the judge, when there is one)."""
+def _answer(model, tokenizer, test, args, training_args, judge) -> tuple[list[dict], dict]:
+    """Greedy responses to the test records, and their scores (and the judge's, when there is one)."""
     records = [{name: row[name] for name in ("instruction", "input", "output")} for row in test]
-    replies = generate_responses(model, tokenizer, records, args.max_new_tokens, training_args.per_device_eval_batch_size)
+    replies = generate_responses(model, tokenizer, records, args.max_new_tokens,
+                                 training_args.per_device_eval_batch_size)
     responses = [{**record, "model_response": reply} for record, reply in zip(records, replies)]
-    metrics.update(response_scores(replies, [r["output"] for r in records]))
+    scores = response_scores(replies, [r["output"] for r in records])
     if judge:
         for response in responses:
             response["judge_score"] = judge.score(response, response["model_response"])
-        metrics["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
-    return responses
+        scores["judge_score"] = sum(r["judge_score"] for r in responses) / len(responses)
+    return responses, scores
+
+
+def _instruct_command(args, training_args) -> None:
+    report(instruct(args, training_args), training_args, "the instruction model",
+           ("base_test_loss", "test_loss", "word_f1"))
+
+
+command = Command(_instruct_command, (InstructionArguments, InstructionTrainingArguments), flag_file=True)

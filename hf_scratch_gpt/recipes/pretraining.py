@@ -1,77 +1,78 @@
 """Pretraining (chapter 5): a corpus, a tokenizer, a new or saved model, and `transformers.Trainer`."""
 
-import dataclasses
 import json
-import math
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, default_data_collator
+from transformers import TrainerCallback, default_data_collator
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
+from ..artifacts import Card, training_hyperparameters, write_card
+from ..command import Command
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..corpus import PYTHON_DOCS, TOKEN_DTYPES, StreamedWindows, build_lm_dataset, load_corpus, stream_lm_dataset
-from ..hub import write_pretraining_card
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .runs import RecipeTrainingArguments, recipe_run
-
+from .arguments import RecipeTrainingArguments
+from .runs import recipe_run, report, write_results
+from .trainer import LanguageModelTrainer
 
 SMALL_MODEL = dict(context_length=128, emb_dim=128, n_heads=4, n_layers=4)  # pretrains in a few CPU minutes
-_FROM_THE_TOKENIZER = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
-_NOT_A_SHAPE = ("use_cache", "classifier_bias")  # inference, and the classification head: not pretraining's
-
-
-def _shape_fields() -> list:
-    """Every field of `ScratchGPTConfig` a new model's shape can set (the tokenizer sets the rest), each with
-    the help its docstring gives it: the config is the one source of the model's fields and their checks."""
-    helps = dict(re.findall(r"^ {8}(\w+) \(`[^`]+`\): (.+?)(?=\n {8}\w|\n\s*\n|\Z)", ScratchGPTConfig.__doc__,
-                            re.MULTILINE | re.DOTALL))
-    shape = []
-    for name in ScratchGPTConfig.__annotations__:
-        if name in _FROM_THE_TOKENIZER or name in _NOT_A_SHAPE:
-            continue
-        default = SMALL_MODEL.get(name, getattr(ScratchGPTConfig, name))
-        help_text = " ".join(helps[name].split())
-        shape.append((name, type(default), field(default=default, metadata={"help": help_text})))
-    return shape
-
-
-_SHAPE_FIELDS = _shape_fields()
 
 
 @dataclass
-class _ModelSource:
+class ModelArguments:
+    """The model to train: a saved one, or a new one of this shape. The shape fields are `ScratchGPTConfig`'s
+    (less those the tokenizer sets and `use_cache` / `classifier_bias`, which pretraining does not use), with its
+    defaults but for `SMALL_MODEL`'s, and checked by it; tests/test_pretrain.py keeps the two in step."""
+
+    _argument_group_name = "model"
+
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from this saved model."})
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Use this tokenizer (default: the model's, or one trained on the corpus)."}
     )
     tokenizer_kind: Literal["bpe", "char"] = field(default="bpe", metadata={"help": "Kind of tokenizer to train."})
     tokenizer_vocab_size: int = field(default=2048, metadata={"help": "Vocabulary size of the trained tokenizer."})
+    context_length: int = field(default=128, metadata={
+        "help": "Longest sequence the position embedding covers (`max_position_embeddings`)."})
+    emb_dim: int = field(default=128, metadata={"help": "Width of every hidden state (`hidden_size`)."})
+    n_heads: int = field(default=4, metadata={
+        "help": "Attention heads per block; must divide emb_dim (`num_attention_heads`)."})
+    n_layers: int = field(default=4, metadata={"help": "Number of transformer blocks (`num_hidden_layers`)."})
+    activation_function: str = field(default="gelu_pytorch_tanh", metadata={
+        "help": "The feed-forward non-linearity, by its transformers name: the book's and GPT-2's tanh GELU, or "
+                "`gelu` (exact; nanoGPT's choice, faster on CPUs)."})
+    drop_rate: float = field(default=0.1, metadata={
+        "help": "Dropout on embeddings, attention weights and both residual branches."})
+    qkv_bias: bool = field(default=False, metadata={
+        "help": "Whether the query/key/value projection has a bias (GPT-2: yes; the book's model: no)."})
+    bias: bool = field(default=True, metadata={
+        "help": "Whether the other linear layers and the LayerNorms have biases (GPT-2 and the book: yes)."})
+    layer_norm_epsilon: float = field(default=1e-5, metadata={"help": "Epsilon of every LayerNorm."})
+    initializer_range: float = field(default=0.02, metadata={
+        "help": "Standard deviation of the normal initialisation (GPT-2's scheme)."})
+    initialization: str = field(default="gpt2", metadata={
+        "help": "How the weights start: gpt2 (normal, the residual projections scaled down) or book (PyTorch's "
+                "module defaults, as the book's GPTModel keeps them)."})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": "Share the token embedding with the head."})
 
     def __post_init__(self):
         self.config_fields()  # the config's own checks, before anything starts
 
     def config_fields(self) -> dict:
         """The shape of a new model, checked by `ScratchGPTConfig` itself."""
-        shape = {name: getattr(self, name) for name, *_ in _SHAPE_FIELDS}
+        shape = {name: getattr(self, name) for name in SHAPE_FIELDS}
         ScratchGPTConfig(**shape)
         return shape
 
 
-ModelArguments = dataclasses.make_dataclass(
-    "ModelArguments", _SHAPE_FIELDS, bases=(_ModelSource,), namespace={
-        "__doc__": "The model to train: a new one of this shape (any `ScratchGPTConfig` field), or a saved one.",
-        "_argument_group_name": "model"},
-)
-ModelArguments.__module__ = __name__
+SHAPE_FIELDS = ("context_length", "emb_dim", "n_heads", "n_layers", "activation_function", "drop_rate", "qkv_bias",
+                "bias", "layer_norm_epsilon", "initializer_range", "initialization", "tie_word_embeddings")
 
 
 @dataclass
@@ -160,37 +161,6 @@ class SampleCallback(TrainerCallback):
             print(f"\n[step {state.global_step}] {processing_class.decode(output[0], skip_special_tokens=True)!r}")
 
 
-class DataWaitCallback(TrainerCallback):
-    """Times the share of training spent between steps, which is where the next batch is drawn (windows sliced
-    from the token stream, or streamed and tokenized); `LanguageModelTrainer` logs it as `data_wait_share`."""
-
-    def __init__(self):
-        self.step_ended = self.waited = self.total = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.step_ended, self.waited, self.total = time.perf_counter(), 0.0, 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.step_began = time.perf_counter()
-        self.waited += self.step_began - self.step_ended
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.total += now - self.step_ended
-        self.step_ended = now
-
-    def take_share(self) -> float | None:
-        """The share since the last call."""
-        share = self.waited / self.total if self.total else None
-        self.waited = self.total = 0.0
-        return share
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        self.step_ended = time.perf_counter()  # evaluating and saving are not waiting for data
-
-    on_save = on_evaluate
-
-
 class StreamStateCallback(TrainerCallback):
     """Save, with each checkpoint, where each process's stream of windows is (`StreamedWindows.state_dict`), so
     that a resumed run goes on from there instead of reading the stream again from its start."""
@@ -206,41 +176,6 @@ class StreamStateCallback(TrainerCallback):
 
 def stream_state_name(process_index: int) -> str:
     return f"stream_state-{process_index}.json"
-
-
-class LanguageModelTrainer(Trainer):
-    """Trainer that also logs perplexity, exp(loss), next to every evaluation loss, and the data-wait share next
-    to every training loss, and that lets each process read its own streamed windows."""
-
-    def __init__(self, *args, stream_checkpoint: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.data_wait = DataWaitCallback()
-        self.add_callback(self.data_wait)
-        self.stream_checkpoint = stream_checkpoint
-
-    def get_batch_samples(self, *args, **kwargs):
-        """A resumed stream goes on where it was (`ignore_data_skip`), and Trainer restores the random state
-        (dropout) only after batches it skips: restore it where Trainer would have, after the first batches."""
-        batches = super().get_batch_samples(*args, **kwargs)
-        if self.stream_checkpoint is not None:
-            self._load_rng_state(self.stream_checkpoint)
-            self.stream_checkpoint = None
-        return batches
-
-    def log(self, logs, *args, **kwargs):
-        if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
-        if "loss" in logs and (share := self.data_wait.take_share()) is not None:
-            logs["data_wait_share"] = round(share, 5)
-        super().log(logs, *args, **kwargs)
-
-    def get_train_dataloader(self):
-        """Streamed windows are already split among the processes (`split_dataset_by_node`): accelerate's own
-        sharding (or dispatching from process 0) would split them again, so they get a plain DataLoader."""
-        if not isinstance(self.train_dataset, StreamedWindows):
-            return super().get_train_dataloader()
-        return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
-                          pin_memory=self.args.dataloader_pin_memory)
 
 
 def pretrain(
@@ -317,18 +252,20 @@ def pretrain(
         tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size
         tokens_per_step *= training_args.gradient_accumulation_steps
 
-        def write_files(staging):
-            trainer.model.save_pretrained(staging, state_dict=state_dict)
-            tokenizer.save_pretrained(staging)
-            write_pretraining_card(
-                staging, model_name=run.output_dir.name, model=model, data=data_args.data,
-                dataset_sizes={split: len(d) for split, d in datasets.items() if split != "train" or not
-                               data_args.streaming}, streamed=data_args.streaming, max_length=max_length,
-                stride=data_args.stride or max_length, training_args=training_args, metrics=metrics,
-                tokens_seen=trainer.state.global_step * tokens_per_step, wall_seconds=run.seconds,
-            )
-
-        run.save(trainer, write_files, metrics, "eval_results.json", tokens_per_step)
+        if trainer.is_world_process_zero():
+            with run.final_folder(trainer, tokens_per_step) as staging:
+                trainer.model.save_pretrained(staging, state_dict=state_dict)
+                tokenizer.save_pretrained(staging)
+                sizes = {split: len(d) for split, d in datasets.items() if split != "train" or not data_args.streaming}
+                hyperparameters = {"steps": training_args.max_steps,
+                                   "tokens seen": f"{trainer.state.global_step * tokens_per_step:,}",
+                                   **training_hyperparameters(training_args, run.seconds)}
+                write_card(staging, Card(
+                    "pretrain", model, run.output_dir.name, data=data_args.data, metrics=metrics,
+                    hyperparameters=hyperparameters, details=dict(
+                        dataset_sizes=sizes, max_length=max_length, stride=data_args.stride or max_length,
+                        streamed=data_args.streaming)))
+                write_results(staging / "eval_results.json", metrics)
     return metrics
 
 
@@ -380,3 +317,10 @@ def _check_no_other_model(output_dir: Path, config: ScratchGPTConfig) -> None:
             f"Output folder {output_dir} already holds a different model ({existing.get('model_type')!r}, "
             f"{ {k: existing.get(k) for k in shape} }); choose another --output_dir."
         )
+
+
+def _pretrain_command(model_args, data_args, training_args) -> None:
+    report(pretrain(model_args, data_args, training_args), training_args, "the model", ("eval_loss", "eval_perplexity"))
+
+
+command = Command(_pretrain_command, (ModelArguments, DataArguments, PretrainingArguments), flag_file=True)

@@ -1,0 +1,222 @@
+"""Labelled, instruction and preference data: loading from every format, splits, and their errors."""
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from datasets import Dataset, concatenate_datasets
+
+from hf_scratch_gpt.corpus import (
+    TokenStream,
+    _page_out,
+    build_lm_dataset,
+    load_corpus,
+    storage_dtype,
+    tokenize_corpus,
+)
+from hf_scratch_gpt.tokenization import END_OF_TEXT, _tiktoken_gpt2, batch_encoder, gpt2_tokenizer, train_tokenizer
+
+GPT2_FILES = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt2-tokenizer"
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def chars():
+    """One token per letter, so token positions are character positions."""
+    return train_tokenizer([ALPHABET], kind="char")
+
+
+def decode(tokenizer, ids):
+    return "".join(tokenizer.convert_ids_to_tokens(ids))
+
+
+def test_python_docs_is_the_offline_default():
+    corpus = load_corpus()
+    assert corpus.column_names == ["text"] and len(corpus) > 50
+    assert sum(len(t) for t in corpus["text"]) > 400_000
+
+
+def test_text_files_folders_and_globs(tmp_path):
+    (tmp_path / "a.txt").write_text("first document\nwith two lines", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("second", encoding="utf-8")
+    assert load_corpus(tmp_path / "a.txt")["text"] == ["first document\nwith two lines"]
+    assert sorted(load_corpus(tmp_path)["text"]) == ["first document\nwith two lines", "second"]
+    assert load_corpus(str(tmp_path / "b*.txt"))["text"] == ["second"]
+
+
+def test_structured_files_with_a_named_text_column(tmp_path):
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate("xy")))
+    corpus = load_corpus(tmp_path / "d.jsonl", text_column="body")
+    assert corpus.column_names == ["text"] and corpus["text"] == ["x", "y"]
+    (tmp_path / "e.csv").write_text("text,label\nhello,1\nworld,0\n")
+    assert load_corpus(tmp_path / "e.csv")["text"] == ["hello", "world"]
+    (tmp_path / "f.tsv").write_text('Label\tSMS\nham\t"quoted, as typed\nspam\tNA\n')
+    assert load_corpus(tmp_path / "f.tsv", text_column="SMS")["text"] == ['"quoted, as typed', "NA"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.txt", "does not exist"),
+        (lambda p: _write(p / "empty.txt", b""), "is empty"),
+        (lambda p: _write(p / "blank.txt", b"  \n\n"), "is empty"),
+        (lambda p: _write(p / "latin1.txt", "caf\u00e9".encode("latin-1")), r"latin1.txt is not UTF-8 text: byte 3"),
+        (lambda p: _write(p / "d.jsonl", b'{"body": "x"}\n'), "no 'text' column; its columns are \\['body'\\]"),
+        (lambda p: _write(p / "f.pdf", b"%PDF"), "types \\['.pdf'\\]"),
+        (lambda p: str(p / "*.nothing"), "matches no files"),
+        (lambda p: (p / "sub").mkdir() or p / "sub", "holds no files"),
+    ],
+)
+def test_corpus_bad_input(tmp_path, make, message):
+    with pytest.raises(ValueError, match=message):
+        load_corpus(make(tmp_path))
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def test_windows_follow_gpt_dataset_v1(chars):
+    corpus = Dataset.from_dict({"text": [ALPHABET]})
+    train = build_lm_dataset(corpus, chars, max_length=4, stride=2, validation_fraction=0.0)["train"]
+    stream = chars(ALPHABET + END_OF_TEXT).input_ids  # documents end with <|endoftext|>: 27 tokens
+    assert len(stream) == 27
+    assert train[:]["input_ids"] == [stream[i : i + 4] for i in range(0, 27 - 4 + 1, 2)]
+    assert [decode(chars, w) for w in train[:]["input_ids"][:2]] == ["abcd", "cdef"]
+    assert train[:]["labels"] == train[:]["input_ids"]  # the model shifts
+
+
+def test_stride_equal_to_length_means_no_overlap_and_short_tail_dropped(chars):
+    corpus = Dataset.from_dict({"text": [ALPHABET]})
+    train = build_lm_dataset(corpus, chars, max_length=5, validation_fraction=0.0)["train"]
+    flat = [t for w in train[:]["input_ids"] for t in w]
+    assert len(train) == 27 // 5
+    assert decode(chars, flat) == ALPHABET[:25]  # no overlap, the 2-token tail is dropped
+
+
+def test_documents_are_joined_with_end_of_text(chars):
+    corpus = Dataset.from_dict({"text": ["abc", "de"]})
+    train = build_lm_dataset(corpus, chars, max_length=7, validation_fraction=0.0)["train"]
+    assert train[:]["input_ids"] == [chars("abc" + END_OF_TEXT + "de" + END_OF_TEXT).input_ids]
+
+
+def test_validation_is_the_end_of_the_stream_in_non_overlapping_windows(chars):
+    corpus = Dataset.from_dict({"text": [ALPHABET * 4]})  # 105 tokens with the end-of-text
+    data = build_lm_dataset(corpus, chars, max_length=4, stride=1, validation_fraction=0.2)
+    validation = data["validation"][:]["input_ids"]
+    assert len(validation) == 21 // 4  # the last 21 tokens, cut without overlap
+    assert decode(chars, validation[0]) == (ALPHABET * 4)[84:88]
+    train_tokens = len(data["train"]) + 4 - 1  # stride 1
+    assert train_tokens == 105 - 21
+
+
+def test_shuffle_seed_is_deterministic(chars):
+    corpus = Dataset.from_dict({"text": [letter * 3 for letter in ALPHABET]})
+
+    def order(seed):
+        return build_lm_dataset(corpus, chars, max_length=4, validation_fraction=0.25, seed=seed)
+
+    assert order(1)["train"][:]["input_ids"] == order(1)["train"][:]["input_ids"]
+    assert order(1)["validation"][:]["input_ids"] == order(1)["validation"][:]["input_ids"]
+    assert order(1)["train"][:]["input_ids"] != order(2)["train"][:]["input_ids"]
+    unshuffled = order(None)["train"][:]["input_ids"][0]
+    assert decode(chars, unshuffled) == "aaa" + END_OF_TEXT
+
+
+def test_tokens_are_stored_once_as_uint16_in_the_cache(tmp_path, chars):
+    (tmp_path / "c.txt").write_text(ALPHABET * 10, encoding="utf-8")
+    first = tokenize_corpus(load_corpus(tmp_path / "c.txt"), chars)
+    again = tokenize_corpus(load_corpus(tmp_path / "c.txt"), chars)
+    assert first.cache_files and first.cache_files == again.cache_files  # the second run reads the first's tokens
+    assert first.data.column("input_ids").type.value_type == pa.uint16()
+    assert first[0]["input_ids"] == chars(ALPHABET * 10 + END_OF_TEXT).input_ids
+    windows = build_lm_dataset(load_corpus(tmp_path / "c.txt"), chars, max_length=8)["train"]
+    assert windows.column_names == ["start"] and windows[:2]["input_ids"] == [first[0]["input_ids"][i:i + 8]
+                                                                              for i in (0, 8)]
+
+
+def test_storage_type_is_the_smallest_that_holds_the_vocabulary(chars):
+    class Big:
+        def __len__(self):
+            return 70_000
+
+    assert storage_dtype(chars) == np.uint16 and storage_dtype(Big()) == np.uint32
+    assert storage_dtype(chars, "uint32") == np.uint32
+    message = "has 70000 tokens, and uint16 holds ids up to 65535: use token_dtype='uint32'"
+    with pytest.raises(ValueError, match=message):
+        storage_dtype(Big(), "uint16")
+    with pytest.raises(ValueError, match="token_dtype='int8' is invalid"):
+        storage_dtype(chars, "int8")
+
+
+def test_the_token_stream_reads_across_record_batches_in_place(tmp_path, chars):
+    texts = ["".join(ALPHABET[(i + j) % 26] for j in range(i % 7 + 1)) for i in range(40)]
+    pieces = [tokenize_corpus(Dataset.from_dict({"text": texts[i : i + 10]}), chars) for i in range(0, 40, 10)]
+    tokens = concatenate_datasets(pieces)
+    flat = [t for row in tokens["input_ids"] for t in row]
+    stream = TokenStream(tokens)
+    assert len(stream._pieces[0]) == 4 and len(stream) == len(flat)
+    for start, stop in [(0, 5), (3, 60), (len(pieces[0][:]["input_ids"][0]), 90), (0, len(flat)), (95, 10_000)]:
+        assert stream[start:stop].tolist() == flat[start:stop]
+    on_disk = TokenStream(tokenize_corpus(load_corpus(_write(tmp_path / "d.txt", ALPHABET.encode() * 100)), chars))
+    assert not on_disk._pieces[0][0].flags.owndata  # a view of the memory-mapped cache, not a copy
+    assert len(pickle.dumps(on_disk)) < 2_000 < len(on_disk) * 2  # pickles as the cache's path, not its tokens
+    assert pickle.loads(pickle.dumps(on_disk))[10:20].tolist() == on_disk[10:20].tolist()
+
+
+@pytest.mark.skipif(not GPT2_FILES.is_dir(), reason="needs ../shared/data/gpt2-tokenizer")
+def test_gpt2_is_tokenized_by_tiktoken_to_the_same_ids():
+    gpt2 = gpt2_tokenizer(GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe")
+    assert _tiktoken_gpt2(gpt2) is not None
+    texts = ["Every effort moves you.\n\n  Indented,\ttabbed; 'quoted' it's", "caf\u00e9 \U0001f600 \u4e2d\u6587",
+             "", " ", "end<|endoftext|>next", "\n\n\n", "x" * 5000, "12345 67.8e9 $%^&"]
+    assert [ids.tolist() for ids in batch_encoder(gpt2)(texts)] == gpt2(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_other_tokenizers_keep_their_own_encoding(chars):
+    assert _tiktoken_gpt2(chars) is None
+    assert [ids.tolist() for ids in batch_encoder(chars)(["abc", "zz"])] == chars(["abc", "zz"]).input_ids
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(max_length=0), "max_length=0 is invalid"),
+        (dict(max_length=4, stride=0), "stride=0 is invalid"),
+        (dict(max_length=4, stride=-2), "stride=-2 is invalid"),
+        (dict(max_length=4, validation_fraction=1.0), "validation_fraction=1.0"),
+        (dict(max_length=64, validation_fraction=0.0),
+         "train split has 27 tokens, fewer than one window of max_length=64"),
+        (dict(max_length=4, validation_fraction=0.1), "validation split has 2 tokens"),
+    ],
+)
+def test_windowing_bad_input(chars, options, message):
+    with pytest.raises(ValueError, match=message):
+        build_lm_dataset(Dataset.from_dict({"text": [ALPHABET]}), chars, **options)
+
+
+def _rss_file_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:"))) / 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_PAGEOUT) is Linux's")
+def test_tokenized_text_is_handed_back_to_the_kernel_unchanged(tmp_path):
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": f"{i:06d} " + "x" * 4000}) + "\n"
+                                                for i in range(8000)))
+    text = load_corpus(tmp_path / "big.jsonl").data.column("text")  # 32 MB, memory-mapped from datasets' cache
+    before = _rss_file_mb()
+    assert sum(len(b.to_pybytes()) for chunk in text.chunks for b in chunk.buffers() if b) > 32e6  # read it all
+    assert _rss_file_mb() > before + 25
+    _page_out(text)
+    assert _rss_file_mb() < before + 5
+    assert text[7999].as_py() == "007999 " + "x" * 4000  # read again from the file
+    in_memory = pa.chunked_array([pa.array(["y" * 100_000] * 50)])
+    _page_out(in_memory)  # not a file's pages: left as they are
+    assert in_memory[49].as_py() == "y" * 100_000

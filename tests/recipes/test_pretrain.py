@@ -1,0 +1,217 @@
+"""Pretraining (chapter 5): the recipe from Python and the shell, its folder and card, resuming, streaming,
+precision."""
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from hf_scratch_gpt.cli import main
+from hf_scratch_gpt.corpus import build_lm_dataset, load_corpus
+from hf_scratch_gpt.recipes import ModelArguments, pretrain
+from hf_scratch_gpt.recipes.arguments import native_bf16
+
+from support import KILLED_RUN, TEXT, tiny_run
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    metrics = pretrain(*tiny_run(corpus, out))
+    names = {p.name for p in out.iterdir()}
+    for expected in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                     "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "kernels_scratch_gpt.py", "loss.png",
+                     "README.md",
+                     "eval_results.json", "training_args.json"):
+        assert expected in names, expected
+    assert "training_args.bin" not in names  # no pickle in the shared folder
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-8", "checkpoint-16"}
+    assert (out / "checkpoint-16" / "model.safetensors").is_file()
+
+    # The saved model reproduces the reported validation loss on the same windows.
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, ScratchGPTForCausalLM) and len(tokenizer) == model.config.vocab_size
+    validation = build_lm_dataset(load_corpus(corpus), tokenizer, 32, 16)["validation"]
+    with torch.no_grad():
+        ids = torch.tensor(validation[:]["input_ids"])
+        loss = model(ids, labels=ids).loss.item()
+    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+    assert json.loads((out / "eval_results.json").read_text()) == metrics
+    bf16 = json.loads((out / "training_args.json").read_text())["bf16"]
+    assert bf16 is native_bf16(on_cpu=True)  # the default: bf16 autocast where the CPU computes it natively
+    assert f"| precision | {'bf16 autocast, fp32 weights' if bf16 else 'fp32'} |" in (out / "README.md").read_text()
+
+    history = json.loads((out / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert any("eval_perplexity" in e for e in history)
+    assert "[step 8] 'Line" in capsys.readouterr().out  # a sample at each evaluation
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "custom_code" in card.data.tags
+    assert f"{metrics['eval_loss']:.4f}" in card.text and "| n_layers | 2 |" in card.text
+
+
+def cli_args(corpus, output_dir) -> list[str]:
+    return ["--data", str(corpus), "--output_dir", str(output_dir), "--tokenizer_kind", "char", "--context_length",
+            "32", "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_length", "32", "--stride", "16",
+            "--max_steps", "16", "--per_device_train_batch_size", "8", "--eval_steps", "8", "--save_steps", "8",
+            "--logging_steps", "4", "--seed", "7", "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
+
+
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_model(corpus, tmp_path, capsys, caplog):
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "straight")]) == 0
+
+    halted = tmp_path / "halted"
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, "12", *cli_args(corpus, halted)], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert sorted(p.name for p in halted.iterdir()) == ["checkpoint-8"]  # killed at step 12: nothing else written
+    # A kill while checkpoint-12 was being written: Trainer writes trainer_state.json last, here cut short.
+    shutil.copytree(halted / "checkpoint-8", halted / "checkpoint-12")
+    state = halted / "checkpoint-12" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])
+
+    assert main(["pretrain", *cli_args(corpus, halted), "--resume_from_checkpoint", "last"]) == 0
+    # Resuming and loading the best checkpoint at the end both reload a checkpoint without the tied head.
+    capsys.readouterr()
+    assert "missing keys" not in caplog.text
+    straight_metrics = json.loads((tmp_path / "straight" / "eval_results.json").read_text())
+    resumed_metrics = json.loads((halted / "eval_results.json").read_text())
+    assert resumed_metrics["eval_loss"] == pytest.approx(straight_metrics["eval_loss"], abs=1e-5)
+    straight_weights = load_file(tmp_path / "straight" / "model.safetensors")
+    for name, tensor in load_file(halted / "model.safetensors").items():
+        torch.testing.assert_close(tensor, straight_weights[name], atol=1e-5, rtol=0)
+    history = json.loads((halted / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [4, 8, 12, 16]  # the log spans both halves of the run
+
+
+def test_resuming_needs_a_complete_checkpoint(corpus, tmp_path, capsys):
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "none"), "--resume_from_checkpoint", "last"]) == 1
+    assert "holds no complete checkpoint to resume from; start the run without the flag" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    partial = tmp_path / "partial" / "checkpoint-8"
+    partial.mkdir(parents=True)
+    assert main(["pretrain", *cli_args(corpus, tmp_path / "partial"), "--resume_from_checkpoint", str(partial)]) == 1
+    assert "is not a complete checkpoint (a checkpoint-N folder with its trainer_state.json)" in capsys.readouterr().err
+
+
+def test_continue_from_a_saved_model(corpus, tmp_path):
+    first = tmp_path / "first"
+    pretrain(*tiny_run(corpus, first))
+    model_args = ModelArguments(model_name_or_path=str(first))
+    _, data_args, training_args = tiny_run(corpus, tmp_path / "second", max_steps=8)
+    metrics = pretrain(model_args, data_args, training_args)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "second").config.emb_dim == 32
+    assert metrics["eval_loss"] > 0
+
+
+def _missing(corpus, out):
+    return {"data": str(corpus.parent / "missing.txt")}
+
+
+def _empty(corpus, out):
+    corpus.write_text("")
+    return {}
+
+
+def _not_utf8(corpus, out):
+    corpus.write_bytes(b"ok\n\x80bad")
+    return {}
+
+
+def _too_short(corpus, out):
+    corpus.write_text("short")
+    return {}
+
+
+def _output_is_a_file(corpus, out):
+    out.write_text("file")
+    return {}
+
+
+def _output_holds_another_model(corpus, out):
+    ScratchGPTConfig(vocab_size=50, emb_dim=16, n_heads=2, n_layers=1).save_pretrained(out)
+    return {}
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (_missing, "does not exist"),
+        (_empty, "is empty"),
+        (_not_utf8, r"corpus.txt is not UTF-8 text: byte 3 is 0x80"),
+        (_too_short, "fewer than one window"),
+        (lambda corpus, out: {"max_length": 64}, "max_length=64 is longer than the model's context_length=32"),
+        (lambda corpus, out: {"stride": 0}, "stride=0 is invalid"),
+        (_output_is_a_file, "is a file"),
+        (_output_holds_another_model, "already holds a different model"),
+    ],
+)
+def test_bad_input_fails_before_writing(corpus, tmp_path, setup, message):
+    out = tmp_path / "out"
+    model_args, data_args, training_args = tiny_run(corpus, out)
+    for key, value in setup(corpus, out).items():
+        setattr(data_args, key, value)
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.exists()
+    with pytest.raises(ValueError, match=message):
+        pretrain(model_args, data_args, training_args)
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.exists()) == before
+
+
+def test_tokenizer_larger_than_the_model_is_refused(corpus, tmp_path):
+    small = tmp_path / "small"
+    ScratchGPTForCausalLM(ScratchGPTConfig(vocab_size=10, context_length=32, emb_dim=16, n_heads=2,
+                                           n_layers=1)).save_pretrained(small)
+    _, data_args, training_args = tiny_run(corpus, tmp_path / "out")
+    pretrain(*tiny_run(corpus, tmp_path / "tok", max_steps=1))
+    model_args = ModelArguments(model_name_or_path=str(small), tokenizer_name_or_path=str(tmp_path / "tok"))
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the vocabulary of the model in .* holds 10"):
+        pretrain(model_args, data_args, training_args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_pretrain_then_generate(corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["pretrain", "--data", str(corpus), "--output_dir", str(out), "--tokenizer_kind", "char",
+            "--context_length", "32", "--emb_dim", "32", "--n_heads", "2", "--n_layers", "2", "--max_steps", "4",
+            "--eval_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "4",
+            "--learning_rate", "3e-3", "--disable_tqdm", "true",
+            "--activation_function", "gelu", "--tie_word_embeddings", "false", "--bias", "false"]
+    assert main(args) == 0
+    assert f"Saved the model to {out}" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["activation_function"], config["tie_word_embeddings"], config["bias"]) == ("gelu", False, False)
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["learning_rate"] == 3e-3 and saved["max_steps"] == 4  # Trainer's own flags, parsed for us
+    assert main(["generate", str(out), "--prompt", "Line", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("Line")
+    assert main(["pretrain", "--data", str(tmp_path / "nowhere.txt"), "--output_dir", str(tmp_path / "x")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_without_a_validation_split_nothing_is_evaluated(corpus, tmp_path):
+    model_args, data_args, training_args = tiny_run(corpus, tmp_path / "run", max_steps=4)
+    data_args.validation_fraction = 0.0
+    assert pretrain(model_args, data_args, training_args) == {}
+    assert "No validation split was held out." in (tmp_path / "run" / "README.md").read_text()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
