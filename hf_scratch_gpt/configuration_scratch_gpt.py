@@ -103,24 +103,24 @@ class ScratchGPTConfig(PreTrainedConfig):
         _refuse_misspelt_fields(kwargs)
         super().__post_init__(**kwargs)
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            _require(name, getattr(self, name), getattr(self, name) > 0, "must be a positive integer")
-        _require(
+            _check(name, getattr(self, name), getattr(self, name) > 0, "must be a positive integer")
+        _check(
             "emb_dim", self.emb_dim, self.emb_dim % self.n_heads == 0,
             f"must be divisible by n_heads={self.n_heads} (each head gets emb_dim // n_heads dimensions)",
         )
-        _require(
+        _check(
             "activation_function", self.activation_function, self.activation_function in ACT2FN,
             f"must name one of transformers' activations: {', '.join(sorted(ACT2FN))}",
         )
-        _require("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "must be in [0, 1)")
-        _require("layer_norm_epsilon", self.layer_norm_epsilon, self.layer_norm_epsilon > 0, "must be > 0")
-        _require("initializer_range", self.initializer_range, self.initializer_range > 0, "must be > 0")
-        _require("initialization", self.initialization, self.initialization in INITIALIZATIONS,
+        _check("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "must be in [0, 1)")
+        _check("layer_norm_epsilon", self.layer_norm_epsilon, self.layer_norm_epsilon > 0, "must be > 0")
+        _check("initializer_range", self.initializer_range, self.initializer_range > 0, "must be > 0")
+        _check("initialization", self.initialization, self.initialization in INITIALIZATIONS,
                  f"must be one of {', '.join(INITIALIZATIONS)}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             ids = value if isinstance(value, list) else [] if value is None else [value]
-            _require(
+            _check(
                 name, value, all(0 <= i < self.vocab_size for i in ids),
                 f"must be None or token ids in [0, vocab_size={self.vocab_size})",
             )
@@ -144,7 +144,7 @@ def _refuse_misspelt_fields(kwargs: dict) -> None:
                        f"{close[0]} is used.")
 
 
-def _require(field: str, value, ok: bool, rule: str) -> None:
+def _check(field: str, value, ok: bool, rule: str) -> None:
     if not ok:
         raise ValueError(f"ScratchGPTConfig.{field}={value!r} is invalid: {field} {rule}.")
 

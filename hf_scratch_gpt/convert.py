@@ -55,6 +55,11 @@ def _param_map(n_layers: int, tied: bool) -> list[tuple[str, str, bool]]:
     return pairs
 
 
+# (ours, GPT-2's) names of the config fields that carry over as they are, both ways
+_CONFIG_NAMES = [("vocab_size", "vocab_size"), ("context_length", "n_positions"), ("emb_dim", "n_embd"),
+                 ("n_heads", "n_head"), ("n_layers", "n_layer"), ("layer_norm_epsilon", "layer_norm_epsilon"),
+                 ("initializer_range", "initializer_range"), ("tie_word_embeddings", "tie_word_embeddings")]
+
 # GPT-2's "gelu_new" is the tanh GELU written out in Python; PyTorch's kernel computes the same function.
 _FUSED_TWIN = {"gelu_new": "gelu_pytorch_tanh"}
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")  # GPT-2's, the book's and llama.cpp's GELU: the tanh approximation
@@ -96,19 +101,9 @@ def from_gpt2(model_or_path, **from_pretrained_kwargs) -> ScratchGPTForCausalLM:
     c = gpt2.config
     _check_gpt2_config(c)
     config = ScratchGPTConfig(
-        vocab_size=c.vocab_size,
-        context_length=c.n_positions,
-        emb_dim=c.n_embd,
-        n_heads=c.n_head,
-        n_layers=c.n_layer,
+        **{ours: getattr(c, theirs) for ours, theirs in _CONFIG_NAMES},
         activation_function=_FUSED_TWIN.get(c.activation_function, c.activation_function),
-        drop_rate=c.resid_pdrop,
-        qkv_bias=True,
-        bias=True,
-        layer_norm_epsilon=c.layer_norm_epsilon,
-        initializer_range=c.initializer_range,
-        tie_word_embeddings=c.tie_word_embeddings,
-        **_special_token_ids(c),
+        drop_rate=c.resid_pdrop, qkv_bias=True, bias=True, **_special_token_ids(c),
     )
     model = ScratchGPTForCausalLM(config).to(gpt2.dtype)
     theirs = gpt2.state_dict()
@@ -138,21 +133,10 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
         raise ValueError(f"to_gpt2 takes a ScratchGPTForCausalLM, got {type(model).__name__}.")
     c = model.config
     config = GPT2Config(
-        vocab_size=c.vocab_size,
-        n_positions=c.context_length,
-        n_embd=c.emb_dim,
-        n_head=c.n_heads,
-        n_layer=c.n_layers,
+        **{theirs: getattr(c, ours) for ours, theirs in _CONFIG_NAMES},
         activation_function=_GPT2_NAME.get(c.activation_function, c.activation_function),
-        resid_pdrop=c.drop_rate,
-        embd_pdrop=c.drop_rate,
-        attn_pdrop=c.drop_rate,
-        layer_norm_epsilon=c.layer_norm_epsilon,
-        initializer_range=c.initializer_range,
-        tie_word_embeddings=c.tie_word_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
+        resid_pdrop=c.drop_rate, embd_pdrop=c.drop_rate, attn_pdrop=c.drop_rate,
+        pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
     )
     gpt2 = GPT2LMHeadModel(config).to(model.dtype)
     ours = model.state_dict()

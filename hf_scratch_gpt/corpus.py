@@ -8,7 +8,6 @@ corpus. A corpus larger than the disk, or one straight from the Hub, is streamed
 on the fly (`stream_lm_dataset`), resumably.
 """
 
-import codecs
 import collections
 import copy
 import ctypes
@@ -26,8 +25,8 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 
-from .data import _data_files, _load_hub, _read_tables
-from .tokenization import batch_encoder
+from .data import data_files, load_hub_dataset, read_tables
+from .tokenization import batch_encoder, check_utf8
 
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
@@ -48,38 +47,20 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
 
         corpus = Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
         return corpus.to_iterable_dataset() if streaming else corpus
-    files = _data_files(source, "Corpus")
+    files = data_files(source, "Corpus")
     if files is None:
-        corpus = _load_hub(source, "Corpus", streaming)
+        corpus = load_hub_dataset(source, "Corpus", streaming)
     elif {Path(f).suffix.lower() for f in files} <= {".txt", ".text", ".md", ""}:
         for f in files:
-            _check_utf8(f)
+            check_utf8(f)
         corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
         text_column = "text"  # a file is a document
     else:
-        corpus = _read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
+        corpus = read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
     corpus = _require_text(corpus, text_column, str(source))
     if not streaming and not any(text.strip() for batch in corpus.iter(batch_size=1000) for text in batch["text"]):
         raise ValueError(f"Corpus {source} is empty: its {len(files or [])} file(s) hold no text.")
     return corpus
-
-
-def _check_utf8(path: str, block: int = 2**20) -> None:
-    """Our clear error for a text file that is not UTF-8 (naming the file and byte), read a block at a time."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as file:
-        while True:
-            data = file.read(block)
-            try:
-                decoder.decode(data, final=not data)
-            except UnicodeDecodeError as error:
-                bad = offset + error.start - len(decoder.getstate()[0])
-                raise ValueError(f"{path} is not UTF-8 text: byte {bad} is 0x{error.object[error.start]:02x}; "
-                                 "convert it to UTF-8.") from None
-            if not data:
-                return
-            offset += len(data)
 
 
 def _require_text(corpus, text_column: str, source: str):
@@ -242,10 +223,13 @@ def windows_of(stream: TokenStream, start: int, end: int, max_length: int, strid
     return Dataset.from_dict({"start": starts}).with_transform(_Windows(stream, max_length))
 
 
-def _check_window(max_length, stride) -> None:
+def _window_stride(max_length, stride) -> int:
+    """The distance between windows (`max_length` by default: no overlap), both checked."""
+    stride = max_length if stride is None else stride
     for name, value in (("max_length", max_length), ("stride", stride)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}={value!r} is invalid: {name} must be a positive integer.")
+    return stride
 
 
 def build_lm_dataset(
@@ -267,8 +251,7 @@ def build_lm_dataset(
     default) means no overlap. Rows read as `input_ids` and `labels` (equal: the model shifts), sliced
     from the token stream when they are read (`windows_of`).
     """
-    stride = max_length if stride is None else stride
-    _check_window(max_length, stride)
+    stride = _window_stride(max_length, stride)
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction={validation_fraction} is invalid: it must be in [0, 1).")
     if len(dataset) == 0:
@@ -375,8 +358,7 @@ def stream_lm_dataset(
     (`split_dataset_by_node`: whole shards when their number divides among the processes, else every
     `world_size`-th document) and cuts its documents as `build_lm_dataset` cuts the whole corpus.
     """
-    stride = max_length if stride is None else stride
-    _check_window(max_length, stride)
+    stride = _window_stride(max_length, stride)
     if not isinstance(validation_documents, int) or validation_documents < 0:
         raise ValueError(f"validation_documents={validation_documents!r} is invalid: give a count of documents.")
     encode = _DocumentTokens(tokenizer, storage_dtype(tokenizer, token_dtype).name)

@@ -20,7 +20,7 @@ from .tokenization import read_text_file
 _TABLES = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def _data_files(source, what: str) -> list[str] | None:
+def data_files(source, what: str) -> list[str] | None:
     """The files a local source names (a file, a folder, a glob), or None for a Hub dataset id."""
     path = Path(source)
     if path.is_file():
@@ -40,7 +40,7 @@ def _data_files(source, what: str) -> list[str] | None:
     raise ValueError(f"{what} {source} does not exist.")
 
 
-def _load_hub(source, what: str, streaming: bool = False) -> Dataset | IterableDataset:
+def load_hub_dataset(source, what: str, streaming: bool = False) -> Dataset | IterableDataset:
     """The `train` split of a Hub dataset (needs network)."""
     try:
         return load_dataset(str(source), split="train", streaming=streaming)
@@ -49,7 +49,7 @@ def _load_hub(source, what: str, streaming: bool = False) -> Dataset | IterableD
                          f"failed: {error}") from error
 
 
-def _read_tables(source, files: list[str], also: str | None = None, streaming: bool = False):
+def read_tables(source, files: list[str], also: str | None = None, streaming: bool = False):
     """Rows of TSV / CSV / JSON(L) / Parquet files of one type (a stream of them when `streaming`). Tab- and
     comma-separated files are read as they are: no quoting in TSV (messages may start with a quote sign), and
     "NA" stays text. Only a file that datasets cannot read is read again here, to say what is wrong with it."""
@@ -130,8 +130,8 @@ def load_labelled(source: str | os.PathLike, text_column: str = "text", label_co
     `source` is a TSV / CSV / JSON / JSONL / Parquet file (or a folder or glob of files of one type)
     holding `text_column` and `label_column`, or, with network, a Hub dataset name (its `train` split).
     """
-    files = _data_files(source, "Data")
-    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
+    files = data_files(source, "Data")
+    dataset = load_hub_dataset(source, "Data") if files is None else read_tables(source, files)
     missing = [c for c in (text_column, label_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"Data {source} has no column {missing[0]!r}; its columns are {dataset.column_names}. "
@@ -139,11 +139,11 @@ def load_labelled(source: str | os.PathLike, text_column: str = "text", label_co
     dataset = dataset.select_columns([text_column, label_column])
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no rows.")
-    _require_values(dataset, [label_column], source, "row")
+    _check_values(dataset, [label_column], source, "row")
     return dataset.rename_columns({text_column: "text", label_column: "label"})
 
 
-def _require_values(dataset: Dataset, columns: list[str], source, what: str) -> None:
+def _check_values(dataset: Dataset, columns: list[str], source, what: str) -> None:
     """Every row has a value in `columns` (a record missing a field reads as None; an empty cell as "")."""
     for column in columns:
         missing = next((i for i, value in enumerate(dataset[column]) if value is None or value == ""), None)
@@ -227,8 +227,8 @@ INSTRUCTION_FIELDS = ("instruction", "input", "output")
 def load_instructions(source: str | os.PathLike) -> Dataset:
     """Alpaca-style records with `instruction`, `input` (optional: missing or null becomes "") and
     `output` strings, from a JSON list of records, JSONL, CSV / TSV / Parquet, or a Hub dataset."""
-    files = _data_files(source, "Data")
-    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
+    files = data_files(source, "Data")
+    dataset = load_hub_dataset(source, "Data") if files is None else read_tables(source, files)
     missing = [name for name in ("instruction", "output") if name not in dataset.column_names]
     if missing:
         raise ValueError(f"Data {source} has records without an {missing[0]!r} field; their fields are "
@@ -239,7 +239,7 @@ def load_instructions(source: str | os.PathLike) -> Dataset:
     dataset = dataset.select_columns(list(INSTRUCTION_FIELDS))
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no records.")
-    _require_values(dataset, ["instruction", "output"], source, "record")
+    _check_values(dataset, ["instruction", "output"], source, "record")
     return dataset.map(lambda row: {k: "" if row[k] is None else str(row[k]) for k in INSTRUCTION_FIELDS})
 
 
@@ -287,8 +287,8 @@ def load_preferences(source: str | os.PathLike, drop_identical_pairs: bool = Fal
     such as `output` kept) or TRL's (`prompt`, `chosen`, `rejected`: texts, or conversations), from the files
     `load_instructions` reads or a Hub dataset. A pair whose responses are equal prefers nothing: refused, or left
     out with `drop_identical_pairs` (the book's own set has six)."""
-    files = _data_files(source, "Data")
-    dataset = _load_hub(source, "Data") if files is None else _read_tables(source, files)
+    files = data_files(source, "Data")
+    dataset = load_hub_dataset(source, "Data") if files is None else read_tables(source, files)
     columns = dataset.column_names
     prompt = "prompt" if "prompt" in columns else "instruction"
     missing = [name for name in (prompt, "chosen", "rejected") if name not in columns]
@@ -298,7 +298,7 @@ def load_preferences(source: str | os.PathLike, drop_identical_pairs: bool = Fal
                          "'chosen' and 'rejected' responses, in every record.")
     if len(dataset) == 0:
         raise ValueError(f"Data {source} holds no records.")
-    _require_values(dataset, [prompt, "chosen", "rejected"], source, "record")
+    _check_values(dataset, [prompt, "chosen", "rejected"], source, "record")
     if prompt == "instruction":
         if "input" not in columns:
             dataset = dataset.add_column("input", [""] * len(dataset))

@@ -16,6 +16,11 @@ def generate_responses(model, tokenizer, records, max_new_tokens: int = 256, bat
                             max_new_tokens, batch_size)
 
 
+def room_left(model, prompt_length: int) -> int:
+    """How many tokens the model's context holds after a prompt of `prompt_length` (no sliding window)."""
+    return model.config.max_position_embeddings - prompt_length
+
+
 def generate_replies(model, tokenizer, prompts, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
     """Greedy replies to `prompts` (texts as they are, or conversations written with the tokenizer's chat
     template), stopped at end-of-text. Prompts of similar length are batched together (left-padded);
@@ -23,11 +28,10 @@ def generate_replies(model, tokenizer, prompts, max_new_tokens: int = 256, batch
     prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                for p in prompts]
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    context = model.config.max_position_embeddings
-    too_long = [i for i, ids in enumerate(encoded) if len(ids) >= context]
+    too_long = [i for i, ids in enumerate(encoded) if room_left(model, len(ids)) <= 0]
     if too_long:
         raise ValueError(f"Prompt {too_long[0]} has {len(encoded[too_long[0]])} tokens, which leaves no room in the "
-                         f"model's context of {context}; shorten it.")
+                         f"model's context of {model.config.max_position_embeddings}; shorten it.")
     responses = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     was_training = model.training
@@ -43,7 +47,7 @@ def generate_replies(model, tokenizer, prompts, max_new_tokens: int = 256, batch
         with torch.no_grad():
             output = model.generate(
                 input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                max_new_tokens=min(max_new_tokens, context - width), do_sample=False,
+                max_new_tokens=min(max_new_tokens, room_left(model, width)), do_sample=False,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             )
         for row, i in enumerate(batch):
@@ -98,7 +102,7 @@ def _load_for_generation(args: SamplingArguments, model_dir: str):
 
 def _generate(model, tokenizer, args: SamplingArguments, inputs, streamer=None):
     """`model.generate` with the sampling flags, its reply capped by the room left in the context."""
-    room = model.config.max_position_embeddings - inputs["input_ids"].shape[1]
+    room = room_left(model, inputs["input_ids"].shape[1])
     if room <= 0:
         raise ValueError(f"The prompt has {inputs['input_ids'].shape[1]} tokens, which fills the model's context of "
                          f"{model.config.max_position_embeddings}; shorten it.")

@@ -21,12 +21,12 @@ _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 def load_config(source: str):
     """The config of the model in `source` (a folder or Hub id), checked to be ours or GPT-2's."""
     if _is_local(source):
-        _require_supported(source, _config_fields(Path(source)).get("model_type"))  # before any code is looked for
+        _check_supported(source, _config_fields(Path(source)).get("model_type"))  # before any code is looked for
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:
         raise ValueError(f"Cannot load the config of {source}: {one_line(error)}") from error
-    _require_supported(source, config.model_type)
+    _check_supported(source, config.model_type)
     return config
 
 
@@ -53,7 +53,7 @@ def _config_fields(folder: Path) -> dict:
     return fields
 
 
-def _require_supported(source, model_type) -> None:
+def _check_supported(source, model_type) -> None:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"{source} holds a {model_type!r} model; give a model this package saved, or a GPT-2 one.")
 

@@ -384,9 +384,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        labels: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
@@ -395,15 +395,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             `input_ids` (the loss shifts them); -100 marks positions to ignore.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0: all).
         """
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
         hidden = outputs.last_hidden_state
         if labels is not None and self.training and torch.is_grad_enabled() and type(self.out_head) is Linear:
             # Training: the loss straight from the hidden states (see _HeadCrossEntropy); no logits returned.
@@ -415,13 +409,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             loss = None
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
 
 
 class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
@@ -442,8 +431,8 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutputWithPast:
@@ -451,15 +440,9 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*): class ids
             (single-label), multi-hot floats (multi-label) or targets (regression, `num_labels == 1`).
         """
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
         hidden_states = outputs.last_hidden_state  # (b, n, emb_dim)
         last = self._last_token_index(input_ids, attention_mask, hidden_states.shape[0], hidden_states.shape[1])
         rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
@@ -467,13 +450,9 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=pooled_logits, config=self.config)
-        return SequenceClassifierOutputWithPast(
-            loss=loss,
-            logits=pooled_logits,
-            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled_logits, hidden_states=outputs.hidden_states,
+                                                attentions=outputs.attentions,
+                                                **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
 
     def _last_token_index(self, input_ids, attention_mask, batch, n):
         """Rightmost position that is a real token, whichever side the padding is on."""

@@ -2,6 +2,7 @@
 so they save with `save_pretrained` and load with `AutoTokenizer`; and the instruction prompt (chapter 7)
 as a chat template."""
 
+import codecs
 import hashlib
 import json
 import os
@@ -147,18 +148,35 @@ def _texts(texts_or_files: Iterable[str | os.PathLike]) -> Iterable[str]:
             raise ValueError(f"Expected texts or file paths, got a {type(item).__name__}.")
 
 
+def check_utf8(path: str, block: int = 2**20) -> None:
+    """Our clear error for a text file that is not UTF-8 (naming the file and byte), read a block at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                bad = offset + error.start - len(decoder.getstate()[0])
+                raise ValueError(f"{path} is not UTF-8 text: byte {bad} is 0x{error.object[error.start]:02x}; "
+                                 "convert it to UTF-8.") from None
+            if not data:
+                return
+            offset += len(data)
+
+
 def read_text_file(path: str | os.PathLike) -> str:
-    """A UTF-8 file's text, or an error naming the file and the first offending byte."""
+    """A UTF-8 file's text, or `check_utf8`'s error naming the file and the first offending byte."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ValueError(f"Cannot read {path}: {error.strerror}.") from error
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte {error.start} is 0x{data[error.start]:02x}; convert it to UTF-8."
-        ) from None
+    except UnicodeDecodeError:
+        check_utf8(path)
+        raise
 
 
 def batch_encoder(tokenizer) -> Callable[[list[str]], list[np.ndarray]]:

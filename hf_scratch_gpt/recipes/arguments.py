@@ -67,15 +67,15 @@ def _check_training_args(args) -> None:
     """Refuse settings that Trainer and torch accept silently or trip over only later."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "learning_rate"):
-        _require_positive(name, getattr(args, name))
+        _check_positive(name, getattr(args, name))
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(f"--max_steps={args.max_steps} is invalid: give a positive number of steps, or -1 to "
                          "train for --num_train_epochs.")
     if args.max_steps == -1:
-        _require_positive("num_train_epochs", args.num_train_epochs)
+        _check_positive("num_train_epochs", args.num_train_epochs)
     for name, strategy in (("eval_steps", args.eval_strategy), ("save_steps", args.save_strategy)):
         if strategy == "steps" and getattr(args, name) is not None:
-            _require_positive(name, getattr(args, name))
+            _check_positive(name, getattr(args, name))
     if args.weight_decay < 0:
         raise ValueError(f"--weight_decay={args.weight_decay} is invalid: it must be >= 0.")
     if args.save_total_limit is not None and args.save_total_limit <= 0:
@@ -92,6 +92,6 @@ def _check_cpp_compiler() -> None:
                          "one (or point CXX at it), or train without --torch_compile.")
 
 
-def _require_positive(name: str, value) -> None:
+def _check_positive(name: str, value) -> None:
     if not value > 0:
         raise ValueError(f"--{name}={value} is invalid: it must be positive.")

@@ -12,7 +12,7 @@ from ..data import build_classification_dataset, load_labelled
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .arguments import RecipeTrainingArguments
-from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights
+from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, make_trainable
 from .runs import recipe_run, report, write_results
 
 
@@ -88,7 +88,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
         model = make_trainable(model, args, "SEQ_CLS", head="score")
         trainer = run.trainer(model, datasets, tokenizer, DataCollatorWithPadding(tokenizer), callbacks,
                               compute_metrics=classification_metrics(label_names))
-        require_whole_weights(trainer)
+        check_whole_weights(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
         test = trainer.predict(datasets["test"], metric_key_prefix="test") if "test" in datasets else None
         metrics = dict(test.metrics) if test else trainer.evaluate()

@@ -17,7 +17,7 @@ from ..generation import generate_replies
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .arguments import RecipeTrainingArguments
-from .finetuning import FineTuningArguments, context_max_length, lora_config, make_trainable, require_whole_weights
+from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, lora_config, make_trainable
 from .runs import recipe_run, report, write_results
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
     training_args = training_args or DPOTrainingArguments()
     with recipe_run(training_args, args, command="dpo", what="Preference-tuned model") as run:
         config = load_config(args.model)
-        _require_causal_lm(config, args.model)
+        _check_causal_lm(config, args.model)
         tokenizer = load_tokenizer(args.model, pad_with_eos=True, config=config)
         if tokenizer.chat_template is None:
             raise ValueError(f"{args.model} has no chat template to write the prompts with; DPO tunes an instruction "
@@ -103,8 +103,8 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
             options["ref_model"] = copy.deepcopy(model).requires_grad_(False).eval()
             model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
         trainer = run.trainer(model, pairs, tokenizer, None, callbacks, DPOTrainer, **options)
-        require_whole_weights(trainer)
-        _require_room(trainer, len(pairs["train"]))
+        check_whole_weights(trainer)
+        _check_room(trainer, len(pairs["train"]))
         trainer.train(resume_from_checkpoint=run.checkpoint)
         metrics = _starting_point(trainer.state.log_history)
         if "validation" in pairs:
@@ -139,7 +139,7 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
     return metrics
 
 
-def _require_causal_lm(config, source: str) -> None:
+def _check_causal_lm(config, source: str) -> None:
     """A folder of ours may hold a classifier, whose head `ScratchGPTForCausalLM` would replace with a random one."""
     architectures = config.architectures or []
     if config.model_type == "scratch_gpt" and architectures and ScratchGPTForCausalLM.__name__ not in architectures:
@@ -147,7 +147,7 @@ def _require_causal_lm(config, source: str) -> None:
                          "instruction model (`hf-scratch-gpt instruct` writes one).")
 
 
-def _require_room(trainer, pairs: int) -> None:
+def _check_room(trainer, pairs: int) -> None:
     """TRL leaves out the pairs whose prompt alone fills `max_length` (nothing of their responses would count):
     say how many, and refuse a training split left empty."""
     kept, max_length = len(trainer.train_dataset), trainer.args.max_length

@@ -81,7 +81,7 @@ def lora_config(model, args: FineTuningArguments, task_type: str, head: str):
                       modules_to_save=[head] if task_type == "SEQ_CLS" else None)
 
 
-def require_whole_weights(trainer) -> None:
+def check_whole_weights(trainer) -> None:
     """The fine-tuned model is saved (and LoRA merged into it) by process 0 from its own copy of the weights,
     which FSDP and DeepSpeed ZeRO-3 would have sharded away: refuse them before training, not after."""
     deepspeed = trainer.accelerator.state.deepspeed_plugin

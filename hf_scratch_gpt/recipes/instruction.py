@@ -18,7 +18,7 @@ from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
 from .arguments import RecipeTrainingArguments
-from .finetuning import FineTuningArguments, context_max_length, make_trainable, require_whole_weights
+from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, make_trainable
 from .runs import recipe_run, report, write_results
 from .trainer import LanguageModelTrainer, ScoreBeforeTraining
 
@@ -98,7 +98,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
         collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, args.pad_to_multiple_of,
                                        args.packing)
         trainer = run.trainer(model, datasets, tokenizer, collator, callbacks, LanguageModelTrainer)
-        require_whole_weights(trainer)
+        check_whole_weights(trainer)
         if test is not None:
             trainer.add_callback(ScoreBeforeTraining(trainer, test, "base_test"))
         trainer.train(resume_from_checkpoint=run.checkpoint)

@@ -14,6 +14,7 @@ from ..artifacts import Card, training_hyperparameters, write_card
 from ..command import Command
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..corpus import PYTHON_DOCS, TOKEN_DTYPES, StreamedWindows, build_lm_dataset, load_corpus, stream_lm_dataset
+from ..generation import room_left
 from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
@@ -149,7 +150,7 @@ class SampleCallback(TrainerCallback):
         if model is None or processing_class is None:
             return
         ids = processing_class(self.prompt, return_tensors="pt").input_ids.to(model.device)
-        room = model.config.context_length - ids.shape[1]
+        room = room_left(model, ids.shape[1])
         if room <= 0:
             return
         was_training = model.training

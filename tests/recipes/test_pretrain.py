@@ -30,6 +30,25 @@ def corpus(tmp_path):
     return path
 
 
+def test_model_arguments_are_the_configs_shape_fields():
+    """ModelArguments writes out the fields of ScratchGPTConfig that a new model's shape sets: every one of them
+    (the tokenizer sets the vocabulary and special ids; use_cache and classifier_bias are not pretraining's), with
+    the config's defaults but for SMALL_MODEL's, and nothing else."""
+    import dataclasses
+    import inspect
+
+    from hf_scratch_gpt.recipes.pretraining import SHAPE_FIELDS, SMALL_MODEL
+
+    not_shape = {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "classifier_bias"}
+    config_fields = [name for name in inspect.get_annotations(ScratchGPTConfig) if name not in not_shape]
+    assert list(SHAPE_FIELDS) == config_fields
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
+    for name in SHAPE_FIELDS:
+        assert defaults[name] == SMALL_MODEL.get(name, getattr(ScratchGPTConfig, name)), name
+    assert set(defaults) - set(SHAPE_FIELDS) == {"model_name_or_path", "tokenizer_name_or_path", "tokenizer_kind",
+                                                "tokenizer_vocab_size"}
+
+
 def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     metrics = pretrain(*tiny_run(corpus, out))
