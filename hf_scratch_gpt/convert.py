@@ -22,20 +22,13 @@ from .modeling_scratch_gpt import ScratchGPTForCausalLM
 
 logger = logging.get_logger(__name__)
 
-# (ours, GPT-2's, transposed?) inside each block
+# (ours, GPT-2's, transposed?) inside each block: GPT-2's Conv1D weights are (in, out), ours (out, in)
 _BLOCK_PARAMS = [
-    ("norm1.weight", "ln_1.weight", False),
-    ("norm1.bias", "ln_1.bias", False),
-    ("att.qkv.weight", "attn.c_attn.weight", True),
-    ("att.qkv.bias", "attn.c_attn.bias", False),
-    ("att.out_proj.weight", "attn.c_proj.weight", True),
-    ("att.out_proj.bias", "attn.c_proj.bias", False),
-    ("norm2.weight", "ln_2.weight", False),
-    ("norm2.bias", "ln_2.bias", False),
-    ("ff.fc_in.weight", "mlp.c_fc.weight", True),
-    ("ff.fc_in.bias", "mlp.c_fc.bias", False),
-    ("ff.fc_out.weight", "mlp.c_proj.weight", True),
-    ("ff.fc_out.bias", "mlp.c_proj.bias", False),
+    (f"{ours}.{param}", f"{theirs}.{param}", conv1d and param == "weight")
+    for ours, theirs, conv1d in [("norm1", "ln_1", False), ("att.qkv", "attn.c_attn", True),
+                                 ("att.out_proj", "attn.c_proj", True), ("norm2", "ln_2", False),
+                                 ("ff.fc_in", "mlp.c_fc", True), ("ff.fc_out", "mlp.c_proj", True)]
+    for param in ("weight", "bias")
 ]
 
 

@@ -233,10 +233,7 @@ def _window_stride(max_length, stride) -> int:
 
 
 def build_lm_dataset(
-    dataset: Dataset,
-    tokenizer,
-    max_length: int,
-    stride: int | None = None,
+    dataset: Dataset, tokenizer, max_length: int, stride: int | None = None,
     validation_fraction: float = 0.1,
     seed: int | None = None,
     num_proc: int | None = None,
@@ -341,10 +338,7 @@ class StreamedWindows(torch.utils.data.IterableDataset):
 
 
 def stream_lm_dataset(
-    corpus: IterableDataset,
-    tokenizer,
-    max_length: int,
-    stride: int | None = None,
+    corpus: IterableDataset, tokenizer, max_length: int, stride: int | None = None,
     validation_documents: int = 100,
     rank: int = 0,
     world_size: int = 1,

@@ -13,7 +13,7 @@ from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForSequenceClassification
 from .arguments import RecipeTrainingArguments
 from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, make_trainable
-from .runs import recipe_run, report, write_results
+from .runs import Produced, recipe_run, report, write_results
 
 
 @dataclass
@@ -62,8 +62,8 @@ def _predicted_ids(predictions) -> np.ndarray:
 
 
 def classify(args: ClassificationArguments, training_args: ClassificationTrainingArguments | None = None,
-             callbacks: list[TrainerCallback] | None = None) -> dict:
-    """Fine-tune a classifier; returns the test metrics (`test_accuracy`, ...).
+             callbacks: list[TrainerCallback] | None = None) -> Produced:
+    """Fine-tune a classifier; returns the test metrics (`test_accuracy`, ...) and, as `.files`, what it wrote.
 
     The output folder holds the merged model (loads with `AutoModelForSequenceClassification` and
     `pipeline("text-classification")`, label names included), the tokenizer, `loss.png`, a
@@ -109,7 +109,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
                 if args.mode == "lora":
                     write_adapter_card(staging / "adapter", card, args.model)
                 write_results(staging / "test_results.json", metrics)
-    return metrics
+    return run.produced(metrics)
 
 
 def _classify_command(args, training_args) -> None:

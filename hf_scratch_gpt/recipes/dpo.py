@@ -18,7 +18,7 @@ from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .arguments import RecipeTrainingArguments
 from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, lora_config, make_trainable
-from .runs import recipe_run, report, write_results
+from .runs import Produced, recipe_run, report, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class DPOTrainingArguments(RecipeTrainingArguments, DPOConfig):
 
 
 def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = None,
-        callbacks: list[TrainerCallback] | None = None) -> dict:
-    """Tune an instruction model on preference pairs with DPO; returns the metrics.
+        callbacks: list[TrainerCallback] | None = None) -> Produced:
+    """Tune an instruction model on preference pairs with DPO; returns the metrics and, as `.files`, what it wrote.
 
     Metrics on the validation split: `eval_loss` (the DPO loss; `base_eval_loss` before training), the mean
     rewards `eval_reward_chosen` / `eval_reward_rejected` (beta times the log-probability ratio of a response to the
@@ -136,7 +136,7 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
                 if args.mode == "lora":
                     write_adapter_card(staging / "adapter", card, args.model)
                 write_results(staging / "test_results.json", metrics)
-    return metrics
+    return run.produced(metrics)
 
 
 def _check_causal_lm(config, source: str) -> None:

@@ -19,7 +19,7 @@ from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import ALPACA_CHAT_TEMPLATE
 from .arguments import RecipeTrainingArguments
 from .finetuning import FineTuningArguments, check_whole_weights, context_max_length, make_trainable
-from .runs import recipe_run, report, write_results
+from .runs import Produced, recipe_run, report, write_results
 from .trainer import LanguageModelTrainer, ScoreBeforeTraining
 
 
@@ -69,8 +69,8 @@ class InstructionTrainingArguments(RecipeTrainingArguments):
 
 
 def instruct(args: InstructionArguments, training_args: InstructionTrainingArguments | None = None,
-             callbacks: list[TrainerCallback] | None = None) -> dict:
-    """Fine-tune a model to follow instructions; returns the test metrics.
+             callbacks: list[TrainerCallback] | None = None) -> Produced:
+    """Fine-tune a model to follow instructions; returns the test metrics and, as `.files`, what it wrote.
 
     Metrics: `base_test_loss` (before training) and `test_loss` / `test_perplexity` (after) on the
     response tokens of the test split; `exact_match` and `word_f1` of the greedy responses; the mean
@@ -127,7 +127,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                 if args.mode == "lora":
                     write_adapter_card(staging / "adapter", card, args.model)
                 write_results(staging / "test_results.json", metrics)
-    return metrics
+    return run.produced(metrics)
 
 
 def _answer(model, tokenizer, test, args, training_args, judge) -> tuple[list[dict], dict]:

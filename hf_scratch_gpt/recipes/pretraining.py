@@ -19,7 +19,7 @@ from ..loading import load_config, load_model, load_tokenizer
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from ..tokenization import train_tokenizer
 from .arguments import RecipeTrainingArguments
-from .runs import recipe_run, report, write_results
+from .runs import Produced, recipe_run, report, write_results
 from .trainer import LanguageModelTrainer
 
 SMALL_MODEL = dict(context_length=128, emb_dim=128, n_heads=4, n_layers=4)  # pretrains in a few CPU minutes
@@ -184,8 +184,8 @@ def pretrain(
     data_args: DataArguments | None = None,
     training_args: PretrainingArguments | None = None,
     callbacks: list[TrainerCallback] | None = None,
-) -> dict:
-    """Pretrain a ScratchGPT on a corpus; returns the final evaluation metrics.
+) -> Produced:
+    """Pretrain a ScratchGPT on a corpus; returns the final evaluation metrics and, as `.files`, what it wrote.
 
     The output folder ends up holding the model (safetensors, config, code files, generation
     config), the tokenizer, `loss.png`, `run.yaml` and a `README.md` model card; checkpoints go beside them.
@@ -267,7 +267,7 @@ def pretrain(
                         dataset_sizes=sizes, max_length=max_length, stride=data_args.stride or max_length,
                         streamed=data_args.streaming)))
                 write_results(staging / "eval_results.json", metrics)
-    return metrics
+    return run.produced(metrics)
 
 
 def _check_streaming(training_args, tokenizer_source) -> None:

@@ -65,6 +65,7 @@ class Run:
     command: str
     arguments: tuple
     started: float = field(default_factory=time.perf_counter)
+    files: tuple[str, ...] = ()  # what final_folder wrote, relative to the output folder
 
     @property
     def seconds(self) -> float:
@@ -91,6 +92,19 @@ class Run:
             yield staging
             write_training_args(staging, self.training_args)
             write_run_config(staging / RUN_CONFIG, self.command, *self.arguments, self.training_args)
+            self.files = tuple(sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()))
+
+    def produced(self, metrics: dict) -> "Produced":
+        return Produced(metrics, self.files)
+
+
+class Produced(dict):
+    """What a recipe produced: its metrics (this mapping, as the recipes have always returned them) and the files
+    it wrote into its output folder (`files`, relative to it; none on the processes that do not save)."""
+
+    def __init__(self, metrics: dict, files: tuple[str, ...] = ()):
+        super().__init__(metrics)
+        self.files = files
 
 
 def write_results(path: Path, metrics: dict) -> None:

@@ -225,6 +225,8 @@ def test_lora_instruct_end_to_end(data_file, tokenizer, base_model, tmp_path, ju
                                             dataloader_pin_memory=False, seed=0)
     metrics = instruct(args, training)
     assert metrics["test_loss"] < metrics["base_test_loss"] - 0.2
+    assert {"adapter/adapter_model.safetensors", "model.safetensors", "test_responses.json"} <= set(metrics.files)
+    assert all((out / name).is_file() for name in metrics.files)
     test = build_instruction_dataset(load_instructions(data_file), tokenizer, (0.85, 0.05, 0.10))["test"]
     before = LanguageModelTrainer(model=AutoModelForCausalLM.from_pretrained(base_model), args=training,
                                   eval_dataset=test, data_collator=InstructionCollator(tokenizer.pad_token_id, 256))

@@ -59,6 +59,8 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
                      "eval_results.json", "training_args.json"):
         assert expected in names, expected
     assert "training_args.bin" not in names  # no pickle in the shared folder
+    # the recipe says what it wrote: the final folder, not the checkpoints beside it
+    assert set(metrics.files) == {p.name for p in out.iterdir() if p.is_file()} and "run.yaml" in metrics.files
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-8", "checkpoint-16"}
     assert (out / "checkpoint-16" / "model.safetensors").is_file()
