@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh            # there: `run` with carry [".whl"]; logs land in $OUT
 #   bash benchmarks/gpu_check.sh benchmark  # there: only the named stages (tests, benchmark, pretrain)
 #
-# Stages: tests (tests/test_cuda.py), benchmark (compare_gpt2.py on CUDA; $BENCHMARK_ARGS, default
+# Stages: tests (tests/model/test_cuda.py), benchmark (compare_gpt2.py on CUDA; $BENCHMARK_ARGS, default
 # "--quick --compile"), pretrain (300 steps of the 124M shape on the image's Python standard library, then 300
 # more compiled). Not yet run on a GPU: estimated 6-10 minutes for all three on an H200, most of it compiling and
 # preparing the corpus (3.5 minutes here on 2 cores); split them over two calls to stay inside one call's limit.
@@ -58,7 +58,7 @@ run_stage() {  # name, command...: its output into $OUT/name.txt, its failure re
 }
 for stage in "${stages[@]}"; do
     case $stage in
-    tests) run_stage tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    tests) run_stage tests python3 -m pytest -q -p no:cacheprovider tests/model/test_cuda.py ;;
     benchmark) run_stage benchmark python3 benchmarks/compare_gpt2.py --device cuda ${BENCHMARK_ARGS:---quick --compile} ;;
     pretrain)
         # GPT-2's shape needs its 50257-token vocabulary, more than the offline default corpus yields: train on

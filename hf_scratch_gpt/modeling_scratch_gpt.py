@@ -172,7 +172,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
-    _can_compile_fullgraph = True  # no graph breaks in training or decoding (tests/test_compile.py)
+    _can_compile_fullgraph = True  # no graph breaks in training or decoding (tests/model/test_compile.py)
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True

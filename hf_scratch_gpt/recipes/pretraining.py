@@ -29,7 +29,7 @@ SMALL_MODEL = dict(context_length=128, emb_dim=128, n_heads=4, n_layers=4)  # pr
 class ModelArguments:
     """The model to train: a saved one, or a new one of this shape. The shape fields are `ScratchGPTConfig`'s
     (less those the tokenizer sets and `use_cache` / `classifier_bias`, which pretraining does not use), with its
-    defaults but for `SMALL_MODEL`'s, and checked by it; tests/test_pretrain.py keeps the two in step."""
+    defaults but for `SMALL_MODEL`'s, and checked by it; tests/recipes/test_pretrain.py keeps the two in step."""
 
     _argument_group_name = "model"
 
