@@ -11,12 +11,14 @@ from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForSequenceClassification
 from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.data import load_preferences, preference_pair
 from hf_scratch_gpt.generation import generate_replies
 from hf_scratch_gpt.recipes import DPOTrainingArguments, PreferenceArguments, dpo
-from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE, train_tokenizer
+from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE
+
+from support import alpaca_char_tokenizer, save_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "maple"]
 SPLITS = [0.6, 0.2, 0.2]  # of 40 pairs: 24 / 8 / 8
@@ -44,22 +46,13 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def tokenizer():
-    text = ALPACA_PREAMBLE + "### Instruction: Input: Response:\n" + " ".join(json.dumps(r) for r in pairs())
-    tokenizer = train_tokenizer([text], kind="char")
-    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-    return tokenizer
+    return alpaca_char_tokenizer(pairs())
 
 
 @pytest.fixture
 def instruction_model(tmp_path, tokenizer):
     """A tiny model of ours with the Alpaca chat template, saved as `instruct` saves it."""
-    torch.manual_seed(0)
-    config = ScratchGPTConfig(vocab_size=len(tokenizer), context_length=256, emb_dim=32, n_heads=2, n_layers=2,
-                              drop_rate=0.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    path = tmp_path / "sft"
-    ScratchGPTForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path / "sft", tokenizer)
 
 
 def training(out, **overrides):

@@ -13,14 +13,15 @@ from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.data import InstructionCollator, build_instruction_dataset, load_instructions
 from hf_scratch_gpt.evaluation import Judge, response_scores, word_f1
 from hf_scratch_gpt.generation import generate_responses
 from hf_scratch_gpt.recipes import InstructionArguments, InstructionTrainingArguments, instruct
 from hf_scratch_gpt.recipes.trainer import LanguageModelTrainer
-from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE, train_tokenizer
+from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE
+
+from support import alpaca_char_tokenizer, save_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "maple"]
 
@@ -47,22 +48,13 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def tokenizer():
-    text = ALPACA_PREAMBLE + "### Instruction: Input: Response:\n" + " ".join(json.dumps(r) for r in records())
-    tokenizer = train_tokenizer([text], kind="char")
-    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-    return tokenizer
+    return alpaca_char_tokenizer(records())
 
 
 @pytest.fixture
 def base_model(tmp_path, tokenizer):
     """A tiny untrained model of ours with a character tokenizer, saved as pretraining saves it."""
-    torch.manual_seed(0)
-    config = ScratchGPTConfig(vocab_size=len(tokenizer), context_length=256, emb_dim=32, n_heads=2, n_layers=2,
-                              drop_rate=0.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    path = tmp_path / "base"
-    ScratchGPTForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path / "base", tokenizer)
 
 
 def test_chat_template_writes_the_books_prompt(tokenizer):

@@ -103,3 +103,27 @@ def assert_close_in_bf16(bf16, fp32):
         torch.testing.assert_close(grads16[name], grad, atol=0.05 * scale, rtol=0, msg=name)
         cosine = torch.nn.functional.cosine_similarity(grads16[name].flatten(), grad.flatten(), dim=0)
         assert cosine > 0.99, name
+
+
+def alpaca_char_tokenizer(rows: list[dict]):
+    """A character tokenizer knowing every character of `rows` and of the Alpaca prompt, with its chat template."""
+    import json
+
+    from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE, train_tokenizer
+
+    text = ALPACA_PREAMBLE + "### Instruction: Input: Response:\n" + " ".join(json.dumps(r) for r in rows)
+    tokenizer = train_tokenizer([text], kind="char")
+    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_model(path, tokenizer):
+    """A tiny untrained causal LM of ours for `tokenizer` (context 256, no dropout), saved with it in `path`."""
+    from hf_scratch_gpt import ScratchGPTForCausalLM
+
+    torch.manual_seed(0)
+    config = ScratchGPTConfig(vocab_size=len(tokenizer), context_length=256, emb_dim=32, n_heads=2, n_layers=2,
+                              drop_rate=0.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ScratchGPTForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
