@@ -7,10 +7,11 @@ traceback).
 
 import sys
 from importlib import import_module
-from importlib.metadata import version
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from .command import package_version
 
 # name: (help, the module whose `Command` runs it: "module" or "module:attribute"; imported on use, so that
 # `--help` stays quick)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if argv[:1] in (["--version"], ["-V"]):
-        print(f"hf-scratch-gpt {version('hf-scratch-gpt')}")
+        print(f"hf-scratch-gpt {package_version()}")
         return 0
     if not argv or argv[0] not in COMMANDS:
         print(usage())

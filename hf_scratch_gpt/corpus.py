@@ -16,7 +16,6 @@ import hashlib
 import mmap
 import os
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 
+from .command import package_version
 from .data import data_files, load_hub_dataset, read_tables
 from .tokenization import batch_encoder, check_utf8
 
@@ -103,7 +103,7 @@ class _DocumentTokens:
 
     def __getstate__(self):
         return {"tokenizer": self.tokenizer, "dtype": self.dtype, "page_out": self.page_out,
-                "version": version("hf-scratch-gpt")}
+                "version": package_version()}
 
     def __setstate__(self, state):
         self.__init__(state["tokenizer"], state["dtype"], state["page_out"])

@@ -10,7 +10,6 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
-TEMPLATES = files("hf_scratch_gpt.model_cards")  # model_cards/ at the top of the repository
 PACKAGE_URL = "https://pypi.org/project/hf-scratch-gpt/"
 # Cards show this where the folder's path or Hub id goes; `push_to_hub` writes the repo id in its place.
 REPO_PLACEHOLDER = "PATH_OR_REPO"
@@ -55,7 +54,7 @@ def write_card(folder: Path, card: Card) -> ModelCard:
     )
     rendered = ModelCard.from_template(
         card_data,
-        template_str=(TEMPLATES / f"{card.template}.md").read_text(),
+        template_str=_template(card.template),
         model_name=card.model_name,
         repo=REPO_PLACEHOLDER,
         package_url=PACKAGE_URL,
@@ -110,6 +109,16 @@ def training_hyperparameters(training_args, wall_seconds: float, mode: str | Non
         "seed": args["seed"],
         "wall time": f"{wall_seconds:.0f} s",
     }
+
+
+def _template(name: str) -> str:
+    """A card template: installed as package data (`hf_scratch_gpt.model_cards`), or in a source checkout read
+    from `model_cards/` at the top of the repository, where they live."""
+    try:
+        folder = files("hf_scratch_gpt.model_cards")
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parents[2] / "model_cards"
+    return (folder / f"{name}.md").read_text()
 
 
 def _hub_id(name) -> str | None:

@@ -3,11 +3,12 @@ their defaults, which the command reads back to run it again."""
 
 import dataclasses
 import json
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 from transformers import TrainingArguments
+
+from ..command import package_version
 
 
 class FlagFileError(ValueError):
@@ -30,7 +31,7 @@ def write_run_config(path: Path, command: str, *arguments) -> None:
     flags = {}
     for args in arguments:
         flags.update(_changed_flags(args))
-    header = (f"# The flags of this run that differ from their defaults (hf-scratch-gpt {version('hf-scratch-gpt')}).\n"
+    header = (f"# The flags of this run that differ from their defaults (hf-scratch-gpt {package_version()}).\n"
               f"# Run it again with: hf-scratch-gpt {command} {path.name} --output_dir NEW_FOLDER\n")
     path.write_text(header + yaml.safe_dump(flags, sort_keys=False))
 
