@@ -52,9 +52,7 @@ class InstructionArguments(FineTuningArguments):
         super().__post_init__()
         if self.max_new_tokens <= 0:
             raise ValueError(f"--max_new_tokens={self.max_new_tokens} is invalid: it must be a positive integer.")
-        if self.pad_to_multiple_of is None:
-            self.pad_to_multiple_of = 64 if self.packing else 8
-        if self.pad_to_multiple_of <= 0:
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
             raise ValueError(f"--pad_to_multiple_of={self.pad_to_multiple_of} is invalid: it must be a positive "
                              "integer (1 for no rounding).")
 
@@ -95,8 +93,8 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                                                  args.split_seed)
         model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
         test = datasets.get("test")
-        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, args.pad_to_multiple_of,
-                                       args.packing)
+        multiple = args.pad_to_multiple_of or (64 if args.packing else 8)  # the defaults --help gives
+        collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, multiple, args.packing)
         trainer = run.trainer(model, datasets, tokenizer, collator, callbacks, LanguageModelTrainer)
         check_whole_weights(trainer)
         if test is not None:
