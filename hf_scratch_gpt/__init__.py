@@ -1,6 +1,6 @@
 """The GPT of "Build a Large Language Model (From Scratch)" as a first-class transformers model.
 
-Importing the package registers the model with transformers' Auto classes.
+Importing the package registers the model with transformers' Auto classes; vLLM calls `register_with_vllm`.
 """
 
 from transformers import (
@@ -29,6 +29,19 @@ for _auto, _model in (
 ):
     _auto.register(ScratchGPTConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
+
+
+
+def register_with_vllm() -> None:
+    """vLLM's plugin hook (the `vllm.general_plugins` entry point), run in each of its processes: our architecture is
+    served by vLLM's Transformers backend with this package's model code, so that `trust_remote_code` stays off and
+    a folder saved by any version of the package serves alike."""
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(
+        "ScratchGPTForCausalLM", "vllm.model_executor.models.transformers:TransformersForCausalLM"
+    )
+
 
 __all__ = [
     "ScratchGPTConfig",

@@ -42,7 +42,7 @@ _BLOCK_PARAMS = [
     ("ff.fc_out.bias", "ff.layers.2.bias"),
 ]
 _QKV = ("att.W_query", "att.W_key", "att.W_value")
-# The book's linear layers (appendix E puts LoRA on all of them) and ours; the head is `out_head` or `score`.
+# The book's linear layers (appendix E puts LoRA on all of them) and ours; its `out_head` is our `lm_head` or `score`.
 _LINEAR = {"att.out_proj": "att.out_proj", "ff.layers.0": "ff.fc_in", "ff.layers.2": "ff.fc_out"}
 
 
@@ -97,7 +97,7 @@ def from_book(path_or_state_dict, config: ScratchGPTConfig | dict | None = None,
     classifier = _is_classifier(state)
     model_class = ScratchGPTForSequenceClassification if classifier else ScratchGPTForCausalLM
     model = model_class(config).to(state["tok_emb.weight"].dtype).eval()
-    load_exactly(model, _ours(state, config.n_layers, head="score" if classifier else "out_head"))
+    load_exactly(model, _ours(state, config.n_layers, head="score" if classifier else "lm_head"))
     if not lora:
         return model
     return _with_adapter(model, lora, BOOK_LORA_ALPHA if lora_alpha is None else lora_alpha)
@@ -135,7 +135,7 @@ def to_book(model) -> dict[str, torch.Tensor]:
             state[f"trf_blocks.{i}.{book_name}"] = ours.get(block + our_name, torch.zeros(rows, dtype=dtype))
         state[f"trf_blocks.{i}.att.mask"] = mask
     if isinstance(model, ScratchGPTForCausalLM):
-        state["out_head.weight"] = ours.get("out_head.weight", ours["model.tok_emb.weight"])
+        state["out_head.weight"] = ours.get("lm_head.weight", ours["model.tok_emb.weight"])
     else:
         state["out_head.weight"] = ours["score.weight"]
         state["out_head.bias"] = ours.get("score.bias", torch.zeros(c.num_labels, dtype=dtype))
@@ -253,7 +253,7 @@ def _with_adapter(model, lora: dict, alpha: float):
 
     if alpha <= 0:
         raise ValueError(f"lora_alpha={alpha} is invalid: the book's LoRA scale alpha must be positive.")
-    head = "score" if isinstance(model, ScratchGPTForSequenceClassification) else "out_head"
+    head = "score" if isinstance(model, ScratchGPTForSequenceClassification) else "lm_head"
     emb_dim = model.config.emb_dim
     parts = {}  # our module -> [(first output row, A, B)]
     for layer, (a, b) in lora.items():
@@ -287,10 +287,10 @@ def _with_adapter(model, lora: dict, alpha: float):
     config = LoraConfig(
         r=r, lora_alpha=alpha * r, target_modules=sorted(adapter), rank_pattern=other,
         alpha_pattern={name: alpha * rank for name, rank in other.items()},
-        task_type="CAUSAL_LM" if head == "out_head" else None,  # SEQ_CLS would retrain `score` whole
+        task_type="CAUSAL_LM" if head == "lm_head" else None,  # SEQ_CLS would retrain `score` whole
     )
     peft_model = get_peft_model(model, config)
-    weights = get_peft_model_state_dict(peft_model)
+    weights = get_peft_model_state_dict(peft_model, save_embedding_layers=False)  # the LoRA matrices only
     for key in weights:
         name, matrix = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key).groups()
         weights[key] = adapter[name][matrix == "B"]

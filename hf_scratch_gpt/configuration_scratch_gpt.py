@@ -11,8 +11,8 @@ import re
 import transformers
 
 # This file runs with whatever transformers loads a checkpoint (remote code): say so before an import fails.
-MINIMUM_TRANSFORMERS = "5.23"
-_INSTALLED = [int(n) for n in re.findall(r"\d+", transformers.__version__)[:2]]
+MINIMUM_TRANSFORMERS = "5.16.1"
+_INSTALLED = [int(n) for n in re.findall(r"\d+", transformers.__version__)[:3]]
 if _INSTALLED < [int(n) for n in MINIMUM_TRANSFORMERS.split(".")]:
     raise ImportError(
         f"This ScratchGPT model needs transformers >= {MINIMUM_TRANSFORMERS}, and this Python has "

@@ -44,7 +44,7 @@ def _param_map(n_layers: int, tied: bool) -> list[tuple[str, str, bool]]:
         pairs += [(f"model.trf_blocks.{i}.{ours}", f"transformer.h.{i}.{theirs}", t)
                   for ours, theirs, t in _BLOCK_PARAMS]
     if not tied:
-        pairs.append(("out_head.weight", "lm_head.weight", False))
+        pairs.append(("lm_head.weight", "lm_head.weight", False))
     return pairs
 
 

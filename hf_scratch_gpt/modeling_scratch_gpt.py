@@ -18,7 +18,10 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.generation import GenerationMixin
+from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -26,7 +29,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
@@ -53,6 +56,13 @@ def _one_cache(cache, past_key_values):
         warnings.warn("`past_key_values` is deprecated and will be removed in transformers 5.40; pass the same "
                       "object as `cache`.", FutureWarning, stacklevel=3)
     return past_key_values
+# -----------------------------------------------------------------------------------------------------------------
+
+# --- Continuous batching's paged cache before transformers 5.19: delete this section when the floor reaches 5.19 --
+# Until 5.18, transformers' paged attention functions (`paged|eager`, `paged|sdpa`) update the paged cache, which
+# they find in their kwargs; from 5.19 the model updates it (`cache.update(..., kwargs=kwargs)`, filling the kwargs
+# the attention function reads), and `paged|eager` is plain eager attention, ours.
+PAGED_CACHE_UPDATED_BY_MODEL = "kwargs" in inspect.signature(PagedAttentionCache.update).parameters
 # -----------------------------------------------------------------------------------------------------------------
 
 
@@ -105,27 +115,29 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, h, n, d)
-        if cache is not None:  # continuous batching's paged cache also fills `kwargs` for its attention
-            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, k, d)
+        if isinstance(cache, Cache) or (cache is not None and PAGED_CACHE_UPDATED_BY_MODEL):
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, k, d); paged: fills kwargs
+        elif cache is not None:  # a paged cache that the paged attention function updates
+            kwargs["cache"] = cache
 
         # Only the eager path materialises attention weights, so a request for them takes it. So does
         # training with attention dropout on the CPU: there sdpa has no fused kernel with dropout and runs
         # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory. Eager is
-        # always ours, also under continuous batching (`paged|eager`: its mask is additive, its cache updated).
+        # ours, also under continuous batching from 5.19 (`paged|eager`: its mask is additive, its cache updated).
         implementation = self.config._attn_implementation
         if output_attentions or (implementation == "sdpa" and self.training and self.dropout and query.is_cpu):
             implementation = "eager"
-        if implementation == "paged|eager":
+        if implementation == "paged|eager" and PAGED_CACHE_UPDATED_BY_MODEL:
             implementation = "eager"
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         dropout = self.dropout if self.training else 0.0
-        if packed_row is None:
-            context, attn_weights = attention(
-                self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs
-            )
-        else:  # one packed row, attended as a batch of its sequences (see PackedRow)
-            batch = (packed_row.unpack(states) for states in (query, key, value))
-            context, _ = attention(self, *batch, None, scaling=self.scaling, dropout=dropout, **kwargs)
+        if packed_row is not None:  # one packed row, attended as a batch of its sequences (see PackedRow)
+            query, key, value = (packed_row.unpack(states) for states in (query, key, value))
+        # One call site: vLLM finds the attention of a module by reading its source for exactly one such call.
+        context, attn_weights = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs
+        )
+        if packed_row is not None:
             context, attn_weights = packed_row.pack(context), None
         return self.out_proj(context.reshape(b, n, -1)), attn_weights
 
@@ -356,25 +368,36 @@ def _check_range(values: torch.Tensor, limit: int, message: str) -> None:
         torch._assert_async(((values >= 0) & (values < limit)).all(), message.format("out of range"))
 
 
-class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
-    """The model with its output head (`out_head`), tied to the token embedding by default."""
+# The output head is the book's `out_head` in every saved file and transformers' `lm_head` in the model, the name
+# engines look for (vLLM's Transformers backend builds the base model and its own `lm_head`). transformers renames it
+# on loading and back on saving, and so does vLLM, through this mapping; `_book_head_name` does it for plain
+# `load_state_dict` (Trainer resuming from a checkpoint or reloading its best one).
+register_checkpoint_conversion_mapping(
+    "ScratchGPTForCausalLM", [WeightRenaming(source_patterns=r"^out_head\.", target_patterns="lm_head.")],
+    overwrite=True,  # this file may be imported twice: from the package and as a checkpoint's remote code
+)
 
-    _tied_weights_keys = {"out_head.weight": "model.tok_emb.weight"}
+
+def _book_head_name(module, state_dict, prefix, *args):
+    for key in [key for key in state_dict if key.startswith(prefix + "out_head.")]:
+        state_dict[prefix + "lm_head." + key.removeprefix(prefix + "out_head.")] = state_dict.pop(key)
+
+
+class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
+    """The model with its output head (the book's `out_head`, here `lm_head`), tied to the token embedding by
+    default."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.tok_emb.weight"}
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__(config)
         self.model = ScratchGPTModel(config)
-        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self.post_init()
         # A tied head is the embedding, never saved on its own: saying so lets Trainer, reloading its best or a
         # resumed checkpoint, tie it again instead of warning that it is missing.
         self._keys_to_ignore_on_save |= set(self.all_tied_weights_keys)
-
-    def get_output_embeddings(self):
-        return self.out_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.out_head = new_embeddings
+        self.register_load_state_dict_pre_hook(_book_head_name)
 
     @can_return_tuple
     def forward(
@@ -387,19 +410,21 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         r"""
         labels (`torch.LongTensor` of shape `(batch, sequence)`, *optional*): next-token targets equal to
             `input_ids` (the loss shifts them); -100 marks positions to ignore.
-        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0: all).
+        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0: all), or for
+            the positions a 1-d tensor lists.
         """
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
         hidden = outputs.last_hidden_state
-        if labels is not None and self.training and torch.is_grad_enabled() and type(self.out_head) is Linear:
+        if labels is not None and self.training and torch.is_grad_enabled() and type(self.lm_head) is Linear:
             # Training: the loss straight from the hidden states (see _HeadCrossEntropy); no logits returned.
             # kwargs carry Trainer's num_items_in_batch, for exact gradient accumulation.
-            loss = head_cross_entropy(hidden, self.out_head.weight, labels, kwargs.get("num_items_in_batch"))
+            loss = head_cross_entropy(hidden, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"))
             logits = None
         else:
-            logits = self.out_head(slice_logits_to_keep(hidden, logits_to_keep))
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden[:, keep, :])
             loss = None
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)

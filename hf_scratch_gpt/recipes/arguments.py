@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+import transformers
+from packaging import version
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
@@ -45,6 +47,8 @@ class RecipeTrainingArguments(TrainingArguments):
             # the CPU; otherwise each would train alone, all of them writing the same output folder.
             self.use_cpu = True
         on_cpu = self.use_cpu or not torch.accelerator.is_available()
+        if self.resume_from_checkpoint and self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _check_resumable_on_cpus()
         if self.bf16 is None:
             self.bf16 = not self.fp16 and native_bf16(on_cpu)
         if self.bf16 and on_cpu:
@@ -76,11 +80,21 @@ def _check_training_args(args) -> None:
     for name, strategy in (("eval_steps", args.eval_strategy), ("save_steps", args.save_strategy)):
         if strategy == "steps" and getattr(args, name) is not None:
             _check_positive(name, getattr(args, name))
-    if args.weight_decay < 0:
-        raise ValueError(f"--weight_decay={args.weight_decay} is invalid: it must be >= 0.")
+    for name in ("weight_decay", "warmup_steps"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name}={getattr(args, name)} is invalid: it must be >= 0.")
     if args.save_total_limit is not None and args.save_total_limit <= 0:
         raise ValueError(f"--save_total_limit={args.save_total_limit} is invalid: keep at least 1 checkpoint "
                          "(or leave it unset to keep them all).")
+
+
+def _check_resumable_on_cpus() -> None:
+    """transformers 5.16-5.17 reload the optimizer state of a run on several CPU processes onto device `cpu:<rank>`,
+    which torch cannot restore: say so before the run starts, not after it has prepared its data."""
+    if version.parse(transformers.__version__) < version.parse("5.18"):
+        raise ValueError(f"Resuming a run on several CPU processes needs transformers >= 5.18 (this is "
+                         f"{transformers.__version__}, whose Trainer cannot reload the optimizer state there): "
+                         "pip install --upgrade 'transformers>=5.18'.")
 
 
 def _check_cpp_compiler() -> None:

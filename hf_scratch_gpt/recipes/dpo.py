@@ -98,10 +98,10 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
         model = load_model(args.model, ScratchGPTForCausalLM, tokenizer, config=config)
         options = {}
         if args.mode == "lora":  # TRL puts the adapter on, and switches it off for the reference
-            options["peft_config"] = lora_config(model, args, "CAUSAL_LM", head="out_head")
+            options["peft_config"] = lora_config(model, args, "CAUSAL_LM", head="lm_head")
         else:
             options["ref_model"] = copy.deepcopy(model).requires_grad_(False).eval()
-            model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
+            model = make_trainable(model, args, "CAUSAL_LM", head="lm_head")
         trainer = run.trainer(model, pairs, tokenizer, None, callbacks, DPOTrainer, **options)
         check_whole_weights(trainer)
         _check_room(trainer, len(pairs["train"]))

@@ -91,7 +91,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
         with training_args.main_process_first(desc="formatting and tokenizing"):  # other ranks read datasets' cache
             datasets = build_instruction_dataset(load_instructions(args.data), tokenizer, tuple(args.split_fractions),
                                                  args.split_seed)
-        model = make_trainable(model, args, "CAUSAL_LM", head="out_head")
+        model = make_trainable(model, args, "CAUSAL_LM", head="lm_head")
         test = datasets.get("test")
         multiple = args.pad_to_multiple_of or (64 if args.packing else 8)  # the defaults --help gives
         collator = InstructionCollator(tokenizer.pad_token_id, max_length, args.mask_prompt, multiple, args.packing)

@@ -163,7 +163,7 @@ CLI_CASES = [
     ("accumulation zero", "pretrain --data {corpus} --gradient_accumulation_steps 0",
      "--gradient_accumulation_steps=0 is invalid", 2),
     ("save steps negative", "pretrain --data {corpus} --save_steps -1", "--save_steps=-1.0 is invalid", 2),
-    ("warmup negative", "pretrain --data {corpus} --warmup_steps -1", "warmup_steps = -1", 2),
+    ("warmup negative", "pretrain --data {corpus} --warmup_steps -1", "--warmup_steps=-1.0 is invalid", 2),
     ("weight decay negative", "pretrain --data {corpus} --weight_decay -0.1", "--weight_decay=-0.1 is invalid", 2),
     ("emb_dim negative", "pretrain --data {corpus} --emb_dim -4",
      "ScratchGPTConfig.emb_dim=-4 is invalid: emb_dim must be a positive integer", 2),

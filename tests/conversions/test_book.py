@@ -143,7 +143,7 @@ def test_a_head_equal_to_the_embedding_is_tied():
         book.out_head.weight.copy_(book.tok_emb.weight)
     model = from_book(book.state_dict(), {"n_heads": 4})
     assert model.config.tie_word_embeddings
-    assert model.out_head.weight.data_ptr() == model.model.tok_emb.weight.data_ptr()
+    assert model.lm_head.weight.data_ptr() == model.model.tok_emb.weight.data_ptr()
     assert_same_logits(model, book, ids())
 
 

@@ -62,7 +62,7 @@ def test_untied_gpt2_round_trip():
         gpt2.lm_head.weight.add_(1.0)
     model = from_gpt2(gpt2)
     assert not model.config.tie_word_embeddings
-    torch.testing.assert_close(model.out_head.weight, gpt2.lm_head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.lm_head.weight, gpt2.lm_head.weight, rtol=0, atol=0)
     ids = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         assert (model(ids).logits - gpt2(ids).logits).abs().max().item() <= 1e-4

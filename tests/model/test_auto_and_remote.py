@@ -59,7 +59,7 @@ def test_auto_classes_load_with_package_installed(saved):
     assert isinstance(AutoConfig.from_pretrained(folder), ScratchGPTConfig)
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert type(loaded) is ScratchGPTForCausalLM
-    assert loaded.out_head.weight is loaded.model.tok_emb.weight
+    assert loaded.lm_head.weight is loaded.model.tok_emb.weight
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
     base = AutoModel.from_pretrained(folder)

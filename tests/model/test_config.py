@@ -105,7 +105,7 @@ def test_book_initialization_is_pytorchs_module_defaults():
     block = model.model.trf_blocks[0]
     for embedding in (model.model.tok_emb.weight, model.model.pos_emb.weight):
         assert abs(embedding.std().item() - 1) < 0.05 and abs(embedding.mean().item()) < 0.05
-    for linear in (block.att.qkv, block.att.out_proj, block.ff.fc_in, block.ff.fc_out, model.out_head):
+    for linear in (block.att.qkv, block.att.out_proj, block.ff.fc_in, block.ff.fc_out, model.lm_head):
         bound = 1 / math.sqrt(linear.in_features)
         weight = linear.weight
         assert weight.abs().max().item() <= bound and weight.abs().max().item() > 0.99 * bound

@@ -14,7 +14,7 @@ from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassific
 from hf_scratch_gpt import kernels_scratch_gpt as kernels
 from hf_scratch_gpt.kernels_scratch_gpt import TRIALS, Linear, head_cross_entropy
 
-from support import VOCAB, left_padded, tiny_config
+from support import VOCAB, enable_checkpointing, left_padded, tiny_config
 
 
 def causal_lm(**overrides):
@@ -26,7 +26,7 @@ def test_module_names_follow_the_book():
     names = {name for name, _ in causal_lm().named_modules()}
     for expected in ["model.tok_emb", "model.pos_emb", "model.trf_blocks.1.att.qkv", "model.trf_blocks.1.att.out_proj",
                      "model.trf_blocks.0.ff.fc_in", "model.trf_blocks.0.ff.fc_out", "model.trf_blocks.0.norm1",
-                     "model.final_norm", "out_head"]:
+                     "model.final_norm", "lm_head"]:
         assert expected in names
 
 
@@ -56,16 +56,25 @@ def test_gpt2_initialisation():
 
 def test_tied_by_default_untied_on_request(tmp_path):
     model = causal_lm()
-    assert model.out_head.weight is model.model.tok_emb.weight
+    assert model.lm_head.weight is model.model.tok_emb.weight
     untied = causal_lm(tie_word_embeddings=False)
-    assert untied.out_head.weight is not untied.model.tok_emb.weight
+    assert untied.lm_head.weight is not untied.model.tok_emb.weight
     # Only a tied head goes unsaved; saying so (Trainer reads it when it reloads a checkpoint) changes no file.
-    assert model._keys_to_ignore_on_save == {"out_head.weight"} and not untied._keys_to_ignore_on_save
+    assert model._keys_to_ignore_on_save == {"lm_head.weight"} and not untied._keys_to_ignore_on_save
     model.save_pretrained(tmp_path / "tied")
     untied.save_pretrained(tmp_path / "untied")
     assert "out_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
-    torch.testing.assert_close(load_file(tmp_path / "untied" / "model.safetensors")["out_head.weight"],
-                               untied.out_head.weight, atol=0, rtol=0)
+    # The head is `lm_head` in the model and the book's `out_head` in the file, as in every folder saved before the
+    # module was renamed; from_pretrained and plain load_state_dict (Trainer resuming) both read it back.
+    saved = load_file(tmp_path / "untied" / "model.safetensors")
+    assert "lm_head.weight" not in saved
+    torch.testing.assert_close(saved["out_head.weight"], untied.lm_head.weight, atol=0, rtol=0)
+    reloaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "untied")
+    fresh = causal_lm(tie_word_embeddings=False)
+    torch.nn.init.zeros_(fresh.lm_head.weight)
+    fresh.load_state_dict(saved, strict=True)
+    for model in (reloaded, fresh):
+        torch.testing.assert_close(model.lm_head.weight, untied.lm_head.weight, atol=0, rtol=0)
 
 
 def test_eager_and_sdpa_agree_with_padding():
@@ -177,7 +186,7 @@ def test_training_loss_never_builds_the_logits_and_equals_the_plain_loss(num_ite
     (out.loss * 3).backward()
     fused = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    logits = model.out_head(model.model(ids).last_hidden_state)
+    logits = model.lm_head(model.model(ids).last_hidden_state)
     plain = model.loss_function(logits, labels, vocab_size=VOCAB, num_items_in_batch=num_items_in_batch)
     (plain * 3).backward()
     torch.testing.assert_close(out.loss, plain)
@@ -229,7 +238,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing):
         model = causal_lm(drop_rate=0.0).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_checkpointing(model)
         ids = torch.arange(20).view(2, 10)
         model(ids, labels=ids).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -243,8 +252,8 @@ def test_resize_token_embeddings_keeps_tie():
     model = causal_lm()
     model.resize_token_embeddings(VOCAB + 7)
     assert model.config.vocab_size == VOCAB + 7
-    assert model.out_head.weight.shape == (VOCAB + 7, 32)
-    assert model.out_head.weight is model.model.tok_emb.weight
+    assert model.lm_head.weight.shape == (VOCAB + 7, 32)
+    assert model.lm_head.weight is model.model.tok_emb.weight
 
 
 def classifier(**overrides):

@@ -9,7 +9,7 @@ from hf_scratch_gpt.loading import load_model as load_base
 from hf_scratch_gpt.recipes.finetuning import FineTuningArguments, make_trainable
 from hf_scratch_gpt.tokenization import train_tokenizer
 
-from support import tiny_config, tiny_gpt2
+from support import enable_checkpointing, tiny_config, tiny_gpt2
 
 
 def tokenizer_of(size: int) -> PreTrainedTokenizerFast:
@@ -64,23 +64,23 @@ def test_unknown_lora_target_lists_the_linear_layers(saved_causal_lm):
     path, _ = saved_causal_lm
     model = load_base(str(path), ScratchGPTForCausalLM, tokenizer_of(101))
     with pytest.raises(ValueError, match=r"\['q_proj'\] do not exist .* are \['fc_in', 'fc_out', 'out_proj', 'qkv'\]"):
-        make_trainable(model, args(lora_target_modules=["qkv", "q_proj"]), "CAUSAL_LM", head="out_head")
+        make_trainable(model, args(lora_target_modules=["qkv", "q_proj"]), "CAUSAL_LM", head="lm_head")
 
 
 def test_lora_keeps_tied_embeddings_tied_through_training_and_merge(saved_causal_lm, tmp_path):
     path, _ = saved_causal_lm
     model = make_trainable(load_base(str(path), ScratchGPTForCausalLM, tokenizer_of(101)), args(),
-                           "CAUSAL_LM", head="out_head")
+                           "CAUSAL_LM", head="lm_head")
     base = model.get_base_model()
-    assert base.out_head.weight is base.model.tok_emb.weight
-    assert not base.out_head.weight.requires_grad  # LoRA trains adapters only
+    assert base.lm_head.weight is base.model.tok_emb.weight
+    assert not base.lm_head.weight.requires_grad  # LoRA trains adapters only
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
     merged = model.merge_and_unload()
-    assert merged.out_head.weight is merged.model.tok_emb.weight
+    assert merged.lm_head.weight is merged.model.tok_emb.weight
     merged.save_pretrained(tmp_path / "merged")
     reloaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "merged")
-    assert reloaded.out_head.weight is reloaded.model.tok_emb.weight
+    assert reloaded.lm_head.weight is reloaded.model.tok_emb.weight
 
 
 def test_gradient_checkpointing_with_lora_gives_the_same_gradients(saved_causal_lm):
@@ -90,14 +90,14 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(saved_causal_
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = make_trainable(load_base(str(path), ScratchGPTForCausalLM, tokenizer_of(101)),
-                               args(lora_dropout=0.0), "CAUSAL_LM", head="out_head")
+                               args(lora_dropout=0.0), "CAUSAL_LM", head="lm_head")
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.1)  # non-zero B, so that lora_A gets gradients too
         model.train()
         if checkpointing:
-            model.activation_checkpointing_enable()
-            assert model.get_base_model().is_activation_checkpointing
+            enable_checkpointing(model)
+            assert model.get_base_model().model.trf_blocks[0].gradient_checkpointing
         model(input_ids=ids, labels=ids).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 4 * 2

@@ -240,7 +240,7 @@ def test_lora_instruct_end_to_end(data_file, tokenizer, base_model, tmp_path, ju
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out / "adapter").eval()
     ids = tokenizer(responses[0]["instruction"], return_tensors="pt").input_ids
     torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=0, atol=1e-5)
-    assert merged.out_head.weight is merged.model.tok_emb.weight
+    assert merged.lm_head.weight is merged.model.tok_emb.weight
 
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "text-generation" and "peft" in card.data.tags

@@ -32,6 +32,12 @@ def tiny_gpt2(seed: int = 0, **overrides) -> GPT2LMHeadModel:
     return model
 
 
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing by the installed release's name (`activation_checkpointing_enable` from 5.24)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def left_padded(batch_rows: list[list[int]], pad: int = VOCAB - 1):
     """input_ids and attention_mask of rows padded on the left to a common length."""
     width = max(map(len, batch_rows))
