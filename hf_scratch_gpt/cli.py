@@ -27,6 +27,8 @@ COMMANDS = {
                 "convert"),
     "export": ("Export a model for llama.cpp and Ollama (GGUF file and Modelfile), or as a plain GPT-2 folder.",
                "export"),
+    "serve": ("Serve a causal LM with vLLM's OpenAI-compatible server (vLLM installed beside this package).",
+              "recipes.serving"),
     "push": ("Upload a saved folder to the Hugging Face Hub in one commit (checkpoints stay behind).",
              "artifacts.hub"),
 }
