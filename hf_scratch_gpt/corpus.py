@@ -26,11 +26,12 @@ from datasets.distributed import split_dataset_by_node
 
 from .command import package_version
 from .data import data_files, load_hub_dataset, read_tables
-from .tokenization import batch_encoder, check_utf8
+from .tokenization import batch_encoder, check_utf8, starts_words_at_line_breaks
 
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
 _BIG_CORPUS = 32 * 2**20  # bytes of text from which tokenizing in every core pays for starting the processes
+PIECE_BYTES = 16 * 2**20  # a text file larger than this is read in pieces of about this size (see `_pieces`)
 
 
 def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "text", streaming: bool = False
@@ -53,14 +54,50 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
     elif {Path(f).suffix.lower() for f in files} <= {".txt", ".text", ".md", ""}:
         for f in files:
             check_utf8(f)
-        corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
+        if not streaming and any(os.path.getsize(f) > PIECE_BYTES for f in files):
+            # Each file is still one document, read in pieces: never whole in memory, tokenized by every core.
+            versions = [(str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]  # names datasets' cache
+            corpus = Dataset.from_generator(_pieces, gen_kwargs={"files": versions, "piece_bytes": PIECE_BYTES},
+                                            writer_batch_size=1)  # each piece written as it is read
+        else:
+            corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
         text_column = "text"  # a file is a document
     else:
         corpus = read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
     corpus = _require_text(corpus, text_column, str(source))
-    if not streaming and not any(text.strip() for batch in corpus.iter(batch_size=1000) for text in batch["text"]):
+    if not streaming and not any(text.strip() for batch in corpus.iter(batch_size=1) for text in batch["text"]):
         raise ValueError(f"Corpus {source} is empty: its {len(files or [])} file(s) hold no text.")
     return corpus
+
+
+def _pieces(files: list[tuple], piece_bytes: int):
+    """Rows of the text files' documents in pieces of about `piece_bytes`, `document_end` marking each file's last.
+
+    A piece ends just before a line break that follows a printable ASCII character: byte-level BPE as GPT-2's
+    starts a new word at every such point (no word of its regex spans a character and a following line break, and
+    none looks behind), and a character tokenizer at every character, so the pieces encode to exactly the ids of
+    the whole text (`tokenize_corpus` joins them again for any other tokenizer). The cut is a character boundary:
+    ASCII bytes never occur inside a longer UTF-8 sequence."""
+    for path, _, _ in files:
+        with open(path, "rb") as file:
+            rest = b""
+            while block := file.read(piece_bytes):
+                data = rest + block
+                cut = _last_cut(data)
+                if cut:
+                    yield {"text": data[:cut].decode("utf-8"), "document_end": False}
+                rest = data[cut:]
+            yield {"text": rest.decode("utf-8"), "document_end": True}
+
+
+def _last_cut(data: bytes) -> int:
+    """The last offset in `data` of a line break after a printable ASCII character (0 if none)."""
+    end = len(data)
+    while (cut := data.rfind(b"\n", 1, end)) > 0:
+        if 0x21 <= data[cut - 1] <= 0x7E:
+            return cut
+        end = cut
+    return 0
 
 
 def _require_text(corpus, text_column: str, source: str):
@@ -73,7 +110,7 @@ def _require_text(corpus, text_column: str, source: str):
     if text_column not in columns:
         raise ValueError(f"Corpus {source} has no {text_column!r} column; its columns are {columns}. "
                          "Name the text column with text_column.")
-    corpus = corpus.select_columns([text_column])
+    corpus = corpus.select_columns([text_column, *(["document_end"] if "document_end" in columns else [])])
     return corpus.rename_column(text_column, "text") if text_column != "text" else corpus
 
 
@@ -114,10 +151,12 @@ class _DocumentTokens:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = self.encode(batch.column("text").to_pylist())
+        ends = batch.column("document_end").to_pylist() if "document_end" in batch.column_names else [True] * len(ids)
         eos = np.array([self.tokenizer.eos_token_id], dtype=self.dtype)
-        values = np.concatenate([part for doc in ids for part in (doc, eos)]).astype(self.dtype, copy=False)
+        values = np.concatenate([part for doc, end in zip(ids, ends) for part in ((doc, eos) if end else (doc,))])
+        values = values.astype(self.dtype, copy=False)
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(doc) + 1 for doc in ids], out=offsets[1:])
+        np.cumsum([len(doc) + end for doc, end in zip(ids, ends)], out=offsets[1:])
         if self.page_out:
             _page_out(batch.column("text"))
         return pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, values)})
@@ -157,14 +196,39 @@ def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dty
     back in a moment). `num_proc` defaults to every core for corpora past a few tens of MB.
     """
     dtype = storage_dtype(tokenizer, dtype).name
+    if "document_end" in corpus.column_names and not starts_words_at_line_breaks(tokenizer):
+        corpus = Dataset.from_generator(_whole_documents, gen_kwargs={"pieces": corpus})  # see `_pieces`
     if num_proc is None:
         num_proc = os.cpu_count() if corpus.data.nbytes >= _BIG_CORPUS and len(corpus) > 1 else None
     megabytes = corpus.data.nbytes / 2**20
     memory_mapped = bool(corpus.cache_files) and corpus._indices is None  # batches are views of the cache files
+    pieces = "document_end" in corpus.column_names  # rows of PIECE_BYTES each: one at a time
     return corpus.with_format("arrow").map(
-        _DocumentTokens(tokenizer, dtype, page_out=memory_mapped), batched=True, num_proc=num_proc,
+        _DocumentTokens(tokenizer, dtype, page_out=memory_mapped), batched=True, batch_size=1 if pieces else 1000,
+        num_proc=num_proc,
         remove_columns=corpus.column_names,
         desc=f"Tokenizing {len(corpus):,} documents ({megabytes:,.0f} MB)").with_format(None)
+
+
+def _whole_documents(pieces: Dataset):
+    """The documents of a corpus read in pieces (`_pieces`), each joined whole again."""
+    parts = []
+    for batch in pieces.iter(batch_size=64):
+        for text, end in zip(batch["text"], batch["document_end"]):
+            parts.append(text)
+            if end:
+                yield {"text": "".join(parts)}
+                parts = []
+
+
+def _shuffled(dataset: Dataset, seed: int) -> Dataset:
+    """`dataset` with its documents in a random order; a document read in pieces keeps them together, in order."""
+    if "document_end" not in dataset.column_names:
+        return dataset.shuffle(seed=seed)
+    ends = np.flatnonzero(dataset.with_format("numpy")["document_end"])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    order = np.random.default_rng(seed).permutation(len(ends))
+    return dataset.select(np.concatenate([np.arange(starts[d], ends[d] + 1) for d in order]))
 
 
 class TokenStream:
@@ -254,7 +318,7 @@ def build_lm_dataset(
     if len(dataset) == 0:
         raise ValueError("The corpus has no documents.")
     if seed is not None:
-        dataset = dataset.shuffle(seed=seed)
+        dataset = _shuffled(dataset, seed)
     stream = TokenStream(tokenize_corpus(dataset, tokenizer, num_proc, token_dtype))
     total = len(stream)
     validation_tokens = int(total * validation_fraction)

@@ -237,6 +237,20 @@ def gpt2_style_bpe(tokenizer) -> dict | None:
     return spec | {"cuts_long_runs": cuts_long_runs}
 
 
+def starts_words_at_line_breaks(tokenizer) -> bool:
+    """Whether `tokenizer` starts a new word before every line break that follows a printable ASCII character, so
+    that a text cut there encodes to the ids of the whole: byte-level BPE as GPT-2's, and one token per character
+    (`train_tokenizer`'s kinds), with no added token spanning a line break."""
+    if any("\n" in token.content for token in tokenizer.added_tokens_decoder.values()):
+        return False
+    if gpt2_style_bpe(tokenizer) is not None:
+        return True
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    every_character = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
+    return spec.get("normalizer") is None and spec.get("pre_tokenizer") == every_character
+
+
 def _bpe_fingerprint(model: dict) -> str:
     tokens = "\n".join(token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]))
     merges = "\n".join(m if isinstance(m, str) else " ".join(m) for m in model["merges"])

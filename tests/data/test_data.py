@@ -1,5 +1,6 @@
 """Labelled, instruction and preference data: loading from every format, splits, and their errors."""
 
+import itertools
 import json
 import pickle
 import sys
@@ -10,15 +11,24 @@ import pyarrow as pa
 import pytest
 from datasets import Dataset, concatenate_datasets
 
+from hf_scratch_gpt import corpus as corpus_module
 from hf_scratch_gpt.corpus import (
     TokenStream,
     _page_out,
+    _shuffled,
     build_lm_dataset,
     load_corpus,
     storage_dtype,
     tokenize_corpus,
 )
-from hf_scratch_gpt.tokenization import END_OF_TEXT, _tiktoken_gpt2, batch_encoder, gpt2_tokenizer, train_tokenizer
+from hf_scratch_gpt.tokenization import (
+    END_OF_TEXT,
+    _tiktoken_gpt2,
+    batch_encoder,
+    gpt2_tokenizer,
+    starts_words_at_line_breaks,
+    train_tokenizer,
+)
 
 GPT2_FILES = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt2-tokenizer"
 
@@ -220,3 +230,64 @@ def test_tokenized_text_is_handed_back_to_the_kernel_unchanged(tmp_path):
     in_memory = pa.chunked_array([pa.array(["y" * 100_000] * 50)])
     _page_out(in_memory)  # not a file's pages: left as they are
     assert in_memory[49].as_py() == "y" * 100_000
+
+
+# A text with every kind of line end a cut must respect: runs of blank lines, lines ending in spaces or tabs,
+# characters of several UTF-8 lengths before a line break, CRLF, and a line with no break in sight.
+AWKWARD_TEXT = "".join(
+    f"Line {i}: every effort moves you.\n\n\n  indented{i}   \n\tcafé {i}\n日本語の行{i}\r\nend!\n" + "x" * (i % 7) * 40
+    for i in range(60))
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Files past 256 bytes are read in pieces of about that size."""
+    monkeypatch.setattr(corpus_module, "PIECE_BYTES", 256)
+
+
+def whole_file_ids(tokenizer, *texts) -> list[int]:
+    return [i for text in texts for i in [*tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id]]
+
+
+def piece_tokenizers() -> dict:
+    found = {"bpe": train_tokenizer([AWKWARD_TEXT], kind="bpe", vocab_size=400),
+             "char": train_tokenizer([AWKWARD_TEXT], kind="char")}
+    if GPT2_FILES.is_dir():  # tiktoken's encoder of GPT-2's BPE
+        found["gpt2"] = gpt2_tokenizer(GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe")
+    return found
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char", "gpt2"])
+def test_a_big_text_file_is_read_in_pieces_that_encode_as_the_whole(tmp_path, small_pieces, kind):
+    tokenizer = piece_tokenizers().get(kind) or pytest.skip("needs ../shared/data/gpt2-tokenizer")
+    path = tmp_path / "big.txt"
+    path.write_bytes(AWKWARD_TEXT.encode())
+    corpus = load_corpus(path)
+    assert len(corpus) > 20 and corpus["document_end"] == [False] * (len(corpus) - 1) + [True]
+    assert "".join(corpus["text"]) == AWKWARD_TEXT  # every byte, in order; pieces of about the size asked
+    assert max(len(text.encode()) for text in corpus["text"]) < 256 + 300
+    assert starts_words_at_line_breaks(tokenizer)
+    stream = TokenStream(tokenize_corpus(corpus, tokenizer, num_proc=2))
+    assert stream[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT)
+
+
+def test_a_tokenizer_that_could_split_differently_gets_the_documents_whole(tmp_path, small_pieces):
+    from tokenizers import normalizers
+
+    tokenizer = train_tokenizer([AWKWARD_TEXT], kind="bpe", vocab_size=400)
+    tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()  # no longer GPT-2's: not trusted with pieces
+    assert not starts_words_at_line_breaks(tokenizer)
+    (tmp_path / "a.txt").write_text(AWKWARD_TEXT)
+    (tmp_path / "b.txt").write_text("A small second document.\n")
+    stream = TokenStream(tokenize_corpus(load_corpus(tmp_path), tokenizer))
+    assert stream[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT, "A small second document.\n")
+
+
+def test_shuffling_keeps_a_document_read_in_pieces_whole(tmp_path, small_pieces):
+    texts = [AWKWARD_TEXT, "short b\n", AWKWARD_TEXT.upper(), "short d\n"]
+    for name, text in zip("abcd", texts):
+        (tmp_path / f"{name}.txt").write_text(text)
+    corpus = load_corpus(tmp_path)
+    every_order = {"".join(order): order for order in itertools.permutations(texts)}
+    orders = {every_order["".join(_shuffled(corpus, seed)["text"])] for seed in range(6)}  # each document whole
+    assert len(orders) > 1  # and the documents do move
