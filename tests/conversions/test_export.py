@@ -19,7 +19,7 @@ from hf_scratch_gpt.cli import main
 from hf_scratch_gpt.export import GGUF_DTYPES, GGUF_FILE, MODELFILE, export_gguf
 from hf_scratch_gpt.tokenization import ALPACA_CHAT_TEMPLATE, ALPACA_PREAMBLE, gpt2_tokenizer, train_tokenizer
 
-from support import tiny_config, tiny_gpt2
+from support import memorised, tiny_config, tiny_gpt2
 
 CORPUS = ("Every effort moves you forward. I'll say it's done; we've seen 3 cats and 42 dogs.\n"
           "Caf\u00e9 cr\u00e8me, na\u00efve \u00fcber, \u4e2d\u6587\u6587\u672c, emoji \U0001f600 \U0001f680!\n"
@@ -239,20 +239,6 @@ def test_an_existing_destination_is_refused_and_a_failed_export_leaves_nothing(s
         export_gguf(sources["ours"], tmp_path / "new", "q4_0")
 
 
-def memorised(model, tokenizer) -> ScratchGPTForCausalLM:
-    """`model` trained on CORPUS until it recites it (a second): its greedy choices are then clear, where a random
-    network's two best logits can lie closer together than two implementations' float rounding."""
-    ids = tokenizer(CORPUS).input_ids
-    windows = torch.tensor(ids[: len(ids) // CONTEXT * CONTEXT]).view(-1, CONTEXT)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        model(windows, labels=windows).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval()
-
-
 @pytest.mark.slow
 def test_llama_cpp_tokenizes_and_continues_greedily_as_we_do(bpe, tmp_path, monkeypatch):
     """llama.cpp itself (through llama-cpp-python) runs the exported file: the same token ids for every text, and
@@ -270,7 +256,7 @@ def test_llama_cpp_tokenizes_and_continues_greedily_as_we_do(bpe, tmp_path, monk
         return params
 
     monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", plain_cpu_kernels)
-    model = memorised(random_model(bpe, tie_word_embeddings=False), bpe)
+    model = memorised(random_model(bpe, tie_word_embeddings=False), bpe(CORPUS).input_ids, CONTEXT, lr=1e-2)
     source = saved(tmp_path / "model", model, bpe, ALPACA_CHAT_TEMPLATE)
     for dtype in GGUF_DTYPES:
         path = export_gguf(source, tmp_path / dtype, dtype)

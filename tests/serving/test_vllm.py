@@ -21,7 +21,7 @@ import torch
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.cli import main
 
-from support import INSTRUCTIONS, alpaca_char_tokenizer
+from support import INSTRUCTIONS, alpaca_char_tokenizer, memorised
 
 if os.environ.get("SCRATCH_GPT_VLLM_TESTS") != "required":
     pytest.importorskip("vllm", reason="vLLM is not installed here (CI installs it in a virtualenv of its own)")
@@ -43,15 +43,7 @@ def trained_folder(path, tied: bool):
     text = "".join(tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"] + " " + r["input"]},
                                                   {"role": "assistant", "content": r["output"]}], tokenize=False)
                    for r in INSTRUCTIONS)
-    ids = torch.tensor(tokenizer(text).input_ids)
-    windows = ids[: len(ids) // 64 * 64].view(-1, 64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        model(windows, labels=windows).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval().save_pretrained(path)
+    memorised(model, tokenizer(text).input_ids, 64, lr=3e-3).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
