@@ -89,7 +89,8 @@ def write_adapter_card(adapter_dir: Path, card: ModelCard, base_model: str | Non
     return adapter_card
 
 
-def training_hyperparameters(training_args, wall_seconds: float, mode: str | None = None) -> dict:
+def training_hyperparameters(training_args, wall_seconds: float, mode: str | None = None,
+                             precision_note: str | None = None) -> dict:
     """The table of how a model was trained, from its `TrainingArguments`; a fine-tuning's (`mode`) starts with
     what trained and for how many epochs."""
     args = training_args.to_dict()  # enums as their values
@@ -105,7 +106,8 @@ def training_hyperparameters(training_args, wall_seconds: float, mode: str | Non
         "optimizer": f"{args['optim']} (betas {args['adam_beta1']}, {args['adam_beta2']}; "
                      f"weight decay {args['weight_decay']})",
         "gradient clipping": args["max_grad_norm"],
-        "precision": "bf16 autocast, fp32 weights" if args["bf16"] else "fp16 autocast" if args["fp16"] else "fp32",
+        "precision": ("bf16 autocast, fp32 weights" if args["bf16"] else "fp16 autocast" if args["fp16"] else "fp32")
+                     + (f" ({precision_note})" if precision_note else ""),
         "seed": args["seed"],
         "wall time": f"{wall_seconds:.0f} s",
     }

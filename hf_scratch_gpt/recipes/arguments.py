@@ -34,8 +34,9 @@ class RecipeTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers."})
     bf16: bool | None = field(default=None, metadata={
-        "help": "Train in bf16 autocast with fp32 weights (default: where the hardware computes bf16 natively: "
-                "CPUs with AMX or AVX512-BF16, GPUs with bf16; fp32 elsewhere). false forces fp32."})
+        "help": "Train in bf16 autocast with fp32 weights (default: GPUs with bf16; on CPUs with AMX or "
+                "AVX512-BF16, where a timed step at the run's shape is faster in it than in fp32; fp32 elsewhere). "
+                "false forces fp32."})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": f"Continue an interrupted run from this checkpoint folder, or '{RESUME_LAST}' for the newest "
                 "complete one in --output_dir."})
@@ -49,13 +50,19 @@ class RecipeTrainingArguments(TrainingArguments):
         on_cpu = self.use_cpu or not torch.accelerator.is_available()
         if self.resume_from_checkpoint and self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _check_resumable_on_cpus()
-        if self.bf16 is None:
+        if self.bf16 is None and not self.measures_precision(on_cpu):
             self.bf16 = not self.fp16 and native_bf16(on_cpu)
-        if self.bf16 and on_cpu:
+        if self.bf16 is not False and on_cpu:
             self.use_cpu = True  # transformers takes bf16 without a GPU only when told it trains on the CPU
         super().__post_init__()  # sets torch_compile where a compile backend or mode is given
         if self.torch_compile and on_cpu:
             _check_cpp_compiler()
+
+
+    def measures_precision(self, on_cpu: bool) -> bool:
+        """Whether the default precision waits for the model, to be timed at the run's shape (`Run.trainer`): on a
+        CPU that computes bf16 natively, where bf16 autocast is faster at some shapes and slower at others."""
+        return self.bf16 is None and on_cpu and not self.fp16 and not self.deepspeed and native_bf16(on_cpu)
 
 
 def native_bf16(on_cpu: bool) -> bool:

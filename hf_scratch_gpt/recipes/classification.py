@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainerCallback
 
-from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..artifacts import Card, save_model, write_adapter_card, write_card
 from ..command import Command
 from ..data import build_classification_dataset, load_labelled
 from ..loading import load_config, load_model, load_tokenizer
@@ -103,7 +103,7 @@ def classify(args: ClassificationArguments, training_args: ClassificationTrainin
                 card = write_card(staging, Card(
                     "classify", saved, run.output_dir.name, pipeline_tag="text-classification", data=args.data,
                     base_model=args.model, mode=args.mode, metrics=metrics,
-                    hyperparameters=training_hyperparameters(training_args, run.seconds, args.mode), details=dict(
+                    hyperparameters=run.hyperparameters(args.mode), details=dict(
                         dataset_sizes={split: len(d) for split, d in datasets.items()}, label_names=label_names,
                         confusion=confusion.tolist() if confusion is not None else None)))
                 if args.mode == "lora":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..artifacts import Card, save_model, write_adapter_card, write_card
 from ..command import Command
 from ..data import load_preferences, preference_pair, split_dataset
 from ..generation import generate_replies
@@ -102,7 +102,8 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
         else:
             options["ref_model"] = copy.deepcopy(model).requires_grad_(False).eval()
             model = make_trainable(model, args, "CAUSAL_LM", head="lm_head")
-        trainer = run.trainer(model, pairs, tokenizer, None, callbacks, DPOTrainer, **options)
+        trainer = run.trainer(model, pairs, tokenizer, None, callbacks, DPOTrainer,
+                              probe_length=training_args.max_length, **options)
         check_whole_weights(trainer)
         _check_room(trainer, len(pairs["train"]))
         trainer.train(resume_from_checkpoint=run.checkpoint)
@@ -128,7 +129,7 @@ def dpo(args: PreferenceArguments, training_args: DPOTrainingArguments | None = 
                     "reference": "the base (adapter switched off)" if args.mode == "lora"
                                  else "a frozen copy of the base",
                     "pairs cut to (tokens)": training_args.max_length,
-                    **training_hyperparameters(training_args, run.seconds, args.mode)}
+                    **run.hyperparameters(args.mode)}
                 card = write_card(staging, Card(
                     "dpo", saved, run.output_dir.name, data=args.data, base_model=args.model, mode=args.mode,
                     metrics=metrics, hyperparameters=hyperparameters, tags=("trl", "dpo"), details=dict(

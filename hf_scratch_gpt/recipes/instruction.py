@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
-from ..artifacts import Card, save_model, training_hyperparameters, write_adapter_card, write_card
+from ..artifacts import Card, save_model, write_adapter_card, write_card
 from ..command import Command
 from ..data import InstructionCollator, build_instruction_dataset, load_instructions
 from ..evaluation import Judge, response_scores
@@ -119,7 +119,7 @@ def instruct(args: InstructionArguments, training_args: InstructionTrainingArgum
                         json.dumps(responses, indent=2, ensure_ascii=False) + "\n")
                 card = write_card(staging, Card(
                     "instruct", saved, run.output_dir.name, data=args.data, base_model=args.model, mode=args.mode,
-                    metrics=metrics, hyperparameters=training_hyperparameters(training_args, run.seconds, args.mode),
+                    metrics=metrics, hyperparameters=run.hyperparameters(args.mode),
                     details=dict(mask_prompt=args.mask_prompt, packing=args.packing, examples=responses[:3],
                                  dataset_sizes={split: len(d) for split, d in datasets.items()})))
                 if args.mode == "lora":

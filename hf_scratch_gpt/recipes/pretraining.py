@@ -10,7 +10,7 @@ from transformers import TrainerCallback, default_data_collator
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
-from ..artifacts import Card, training_hyperparameters, write_card
+from ..artifacts import Card, write_card
 from ..command import Command
 from ..configuration_scratch_gpt import ScratchGPTConfig
 from ..corpus import PYTHON_DOCS, TOKEN_DTYPES, StreamedWindows, build_lm_dataset, load_corpus, stream_lm_dataset
@@ -244,6 +244,7 @@ def pretrain(
         tokenizer.model_max_length = config.context_length
 
         trainer = run.trainer(model, datasets, tokenizer, default_data_collator, callbacks, LanguageModelTrainer,
+                              probe_length=max_length,
                               **trainer_options)
         _check_the_model_can_be_gathered(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
@@ -260,7 +261,7 @@ def pretrain(
                 sizes = {split: len(d) for split, d in datasets.items() if split != "train" or not data_args.streaming}
                 hyperparameters = {"steps": training_args.max_steps,
                                    "tokens seen": f"{trainer.state.global_step * tokens_per_step:,}",
-                                   **training_hyperparameters(training_args, run.seconds)}
+                                   **run.hyperparameters()}
                 write_card(staging, Card(
                     "pretrain", model, run.output_dir.name, data=data_args.data, metrics=metrics,
                     hyperparameters=hyperparameters, details=dict(

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy
@@ -23,11 +24,13 @@ from ..artifacts import (
     plot_losses,
     push_to_hub,
     saving_into,
+    training_hyperparameters,
     write_run_config,
     write_training_args,
 )
 from ..artifacts.folders import CHECKPOINT, checkpoints, is_complete
 from .arguments import RecipeTrainingArguments
+from .precision import measured_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +68,21 @@ class Run:
     command: str
     arguments: tuple
     started: float = field(default_factory=time.perf_counter)
+    precision_note: str | None = None  # why the default precision was chosen, when it was timed
     files: tuple[str, ...] = ()  # what final_folder wrote, relative to the output folder
 
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
-    def trainer(self, model, datasets, tokenizer, data_collator, callbacks=None, trainer_class=Trainer, **options):
+    def trainer(self, model, datasets, tokenizer, data_collator, callbacks=None, trainer_class=Trainer,
+                probe_length: int | None = None, **options):
         """The recipe's Trainer, with the run's arguments, on the `train` and `validation` splits of `datasets`;
-        without a validation split, nothing is evaluated (and no best checkpoint picked)."""
+        without a validation split, nothing is evaluated (and no best checkpoint picked). A default precision
+        left to measure is timed first, on batches `probe_length` tokens long (default: the longest of the first
+        training examples)."""
+        if self.trainer_args.bf16 is None:
+            self._choose_precision(model, datasets["train"], probe_length)
         if datasets.get("validation") is None:
             self.trainer_args.eval_strategy = IntervalStrategy.NO
             self.trainer_args.load_best_model_at_end = False
@@ -81,6 +90,21 @@ class Run:
         return trainer_class(model=model, args=self.trainer_args, train_dataset=datasets["train"],
                              eval_dataset=datasets.get("validation"), processing_class=tokenizer,
                              data_collator=data_collator, callbacks=callbacks, **options)
+
+    def _choose_precision(self, model, train, length: int | None) -> None:
+        """bf16 autocast or fp32, whichever trains `model` faster here (`precision.measured_bf16`): the main process
+        times it (the others then read its cache), and every process takes its answer."""
+        args = self.trainer_args
+        if length is None:
+            length = max(len(ids) for ids in train[:64]["input_ids"])
+        with args.main_process_first(desc="timing a training step in bf16 and fp32"):
+            choice = measured_bf16(model, args.per_device_train_batch_size, length)
+        if args.world_size > 1:
+            choice = broadcast_object_list([choice])[0]
+        for chosen in (self.trainer_args, self.training_args):
+            chosen.bf16 = choice[0]
+            chosen.mixed_precision = "bf16" if choice[0] else chosen.mixed_precision  # as their __post_init__ sets it
+        self.precision_note = choice[1]
 
     @contextmanager
     def final_folder(self, trainer, tokens_per_step: int | None = None):
@@ -93,6 +117,10 @@ class Run:
             write_training_args(staging, self.training_args)
             write_run_config(staging / RUN_CONFIG, self.command, *self.arguments, self.training_args)
             self.files = tuple(sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()))
+
+    def hyperparameters(self, mode: str | None = None) -> dict:
+        """The training settings a model card shows (`mode`: what a fine-tuning trained)."""
+        return training_hyperparameters(self.training_args, self.seconds, mode, self.precision_note)
 
     def produced(self, metrics: dict) -> "Produced":
         return Produced(metrics, self.files)
