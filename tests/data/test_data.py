@@ -1,5 +1,6 @@
 """Labelled, instruction and preference data: loading from every format, splits, and their errors."""
 
+import copy
 import itertools
 import json
 import pickle
@@ -9,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import transformers
 from datasets import Dataset, concatenate_datasets
+from transformers.testing_utils import CaptureLogger
 
 from hf_scratch_gpt import corpus as corpus_module
 from hf_scratch_gpt.corpus import (
@@ -192,6 +195,16 @@ def test_gpt2_is_tokenized_by_tiktoken_to_the_same_ids():
 def test_other_tokenizers_keep_their_own_encoding(chars):
     assert _tiktoken_gpt2(chars) is None
     assert [ids.tolist() for ids in batch_encoder(chars)(["abc", "zz"])] == chars(["abc", "zz"]).input_ids
+
+
+def test_encoding_documents_longer_than_the_context_warns_nothing(chars):
+    """A corpus's documents are longer than the model's context by nature (they are cut into windows): the
+    tokenizer's "will result in indexing errors" warning would be wrong."""
+    short = copy.deepcopy(chars)
+    short.model_max_length = 8
+    with CaptureLogger(transformers.tokenization_utils_base.logger) as captured:
+        assert len(batch_encoder(short)([ALPHABET])[0]) == 26
+    assert captured.out == ""
 
 
 @pytest.mark.parametrize(
