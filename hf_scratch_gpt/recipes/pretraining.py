@@ -248,7 +248,7 @@ def pretrain(
                               **trainer_options)
         _check_the_model_can_be_gathered(trainer)
         trainer.train(resume_from_checkpoint=run.checkpoint)
-        metrics = trainer.evaluate() if "validation" in datasets else {}
+        metrics = trainer.final_evaluation() if "validation" in datasets else {}
         # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them, process 0 writes.
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
         tokens_per_step = max_length * training_args.per_device_train_batch_size * training_args.world_size

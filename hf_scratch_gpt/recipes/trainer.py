@@ -1,5 +1,5 @@
 """Trainer code the recipes share: the language-model Trainer (perplexity and data-wait share in its logs, streamed
-windows read by each process), and an evaluation before the first step."""
+windows read by each process, the final model's evaluation), and an evaluation before the first step."""
 
 import math
 import time
@@ -66,6 +66,19 @@ class LanguageModelTrainer(Trainer):
         if "loss" in logs and (share := self.data_wait.take_share()) is not None:
             logs["data_wait_share"] = round(share, 5)
         super().log(logs, *args, **kwargs)
+
+    def final_evaluation(self) -> dict:
+        """The evaluation metrics of the model that training ended with: those already logged for its weights (the
+        last step's, or the best checkpoint's, which `load_best_model_at_end` loads), else a new evaluation.
+        Evaluating the same weights again would cost a pass over the validation split (2% of tiny Shakespeare's
+        run) for the same numbers."""
+        state = self.state
+        best = self.args.load_best_model_at_end and state.best_model_checkpoint is not None
+        step = state.best_global_step if best else state.global_step
+        logged = [entry for entry in state.log_history if entry.get("step") == step and "eval_loss" in entry]
+        if not logged:
+            return self.evaluate()
+        return {key: value for key, value in logged[-1].items() if key != "step"}
 
     def get_train_dataloader(self):
         """Streamed windows are already split among the processes (`split_dataset_by_node`): accelerate's own

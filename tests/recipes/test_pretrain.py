@@ -94,12 +94,28 @@ def test_pretrain_writes_a_complete_loadable_folder(corpus, tmp_path, capsys):
     losses = [e["loss"] for e in history if "loss" in e]
     assert losses[-1] < losses[0]
     assert any("eval_perplexity" in e for e in history)
-    assert "[step 8] 'Line" in capsys.readouterr().out  # a sample at each evaluation
+    printed = capsys.readouterr().out
+    assert printed.count("[step 8] 'Line") == printed.count("[step 16] 'Line") == 1  # a sample at each evaluation
+    # The last step's evaluation is the final model's: reported as it was logged, not evaluated a second time.
+    assert metrics == {key: value for key, value in history[-1].items() if key != "step"}
 
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert "custom_code" in card.data.tags
     assert f"{metrics['eval_loss']:.4f}" in card.text and "| n_layers | 2 |" in card.text
+
+
+def test_a_run_that_never_evaluated_is_evaluated_at_the_end(corpus, tmp_path):
+    out = tmp_path / "run"
+    metrics = pretrain(*tiny_run(corpus, out, max_steps=12, eval_strategy="no", load_best_model_at_end=False))
+    history = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+    assert not [e for e in history if "eval_loss" in e]
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    validation = build_lm_dataset(load_corpus(corpus), AutoTokenizer.from_pretrained(out), 32, 16)["validation"]
+    with torch.no_grad():
+        ids = torch.tensor(validation[:]["input_ids"])
+        assert model(ids, labels=ids).loss.item() == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    assert metrics["epoch"] > history[-1]["epoch"] and "eval_perplexity" in metrics
 
 
 def cli_args(corpus, output_dir) -> list[str]:
