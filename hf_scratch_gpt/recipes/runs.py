@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
-from transformers import Trainer, set_seed
+from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import IntervalStrategy
 
 from ..artifacts import (
@@ -82,7 +83,7 @@ class Run:
         left to measure is timed first, on batches `probe_length` tokens long (default: the longest of the first
         training examples)."""
         if self.trainer_args.bf16 is None:
-            self._choose_precision(model, datasets["train"], probe_length)
+            callbacks = [*(callbacks or []), self._choose_precision(model, datasets["train"], probe_length)]
         if datasets.get("validation") is None:
             self.trainer_args.eval_strategy = IntervalStrategy.NO
             self.trainer_args.load_best_model_at_end = False
@@ -91,20 +92,24 @@ class Run:
                              eval_dataset=datasets.get("validation"), processing_class=tokenizer,
                              data_collator=data_collator, callbacks=callbacks, **options)
 
-    def _choose_precision(self, model, train, length: int | None) -> None:
+    def _choose_precision(self, model, train, length: int | None) -> "ChosenPrecision":
         """bf16 autocast or fp32, whichever trains `model` faster here (`precision.measured_bf16`): the main process
-        times it (the others then read its cache), and every process takes its answer."""
+        times it (the others then read its cache), and every process takes its answer. A resumed run keeps the
+        choice its checkpoint was trained with, wherever it resumes."""
         args = self.trainer_args
-        if length is None:
-            length = max(len(ids) for ids in train[:64]["input_ids"])
-        with args.main_process_first(desc="timing a training step in bf16 and fp32"):
-            choice = measured_bf16(model, args.per_device_train_batch_size, length)
-        if args.world_size > 1:
-            choice = broadcast_object_list([choice])[0]
+        choice = ChosenPrecision.saved_in(self.checkpoint) if self.checkpoint else None
+        if choice is None:
+            if length is None:
+                length = max(len(ids) for ids in train[:64]["input_ids"])
+            with args.main_process_first(desc="timing a training step in bf16 and fp32"):
+                choice = measured_bf16(model, args.per_device_train_batch_size, length)
+            if args.world_size > 1:
+                choice = broadcast_object_list([choice])[0]
+        bf16, self.precision_note = choice
         for chosen in (self.trainer_args, self.training_args):
-            chosen.bf16 = choice[0]
-            chosen.mixed_precision = "bf16" if choice[0] else chosen.mixed_precision  # as their __post_init__ sets it
-        self.precision_note = choice[1]
+            chosen.bf16 = bf16
+            chosen.mixed_precision = "bf16" if bf16 else chosen.mixed_precision  # as their __post_init__ sets it
+        return ChosenPrecision(bf16, self.precision_note)
 
     @contextmanager
     def final_folder(self, trainer, tokens_per_step: int | None = None):
@@ -124,6 +129,25 @@ class Run:
 
     def produced(self, metrics: dict) -> "Produced":
         return Produced(metrics, self.files)
+
+
+class ChosenPrecision(TrainerCallback, ExportableState):
+    """The precision the run's default chose, and why: Trainer saves it in every checkpoint's trainer_state.json
+    (as it saves any `ExportableState` callback's), where a resumed run reads it back, so that the run goes on in
+    the precision it started in even on another CPU or after the timings' cache was cleared."""
+
+    def __init__(self, bf16: bool, note: str):
+        self.bf16, self.note = bf16, note
+
+    def state(self) -> dict:
+        return {"args": {"bf16": self.bf16, "note": self.note}, "attributes": {}}
+
+    @classmethod
+    def saved_in(cls, checkpoint: str) -> tuple[bool, str] | None:
+        saved = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text()).get("stateful_callbacks", {})
+        if cls.__name__ not in saved:  # saved before the choice was kept, or with the precision given
+            return None
+        return saved[cls.__name__]["args"]["bf16"], saved[cls.__name__]["args"]["note"]
 
 
 class Produced(dict):

@@ -152,6 +152,22 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_same_model(corpus, tmp_
     assert [e["step"] for e in history if "loss" in e] == [4, 8, 12, 16]  # the log spans both halves of the run
 
 
+def test_a_resumed_run_keeps_the_precision_it_started_in(corpus, tmp_path, monkeypatch):
+    """The default precision is timed where a run starts; resumed on another CPU, or after the timings' cache was
+    cleared, the run goes on in the precision its checkpoint was trained in."""
+    from hf_scratch_gpt.recipes import arguments, runs
+
+    monkeypatch.setattr(arguments, "native_bf16", lambda on_cpu: True)
+    answers = iter([(True, "timed where it started"), (False, "timed where it resumed")])
+    monkeypatch.setattr(runs, "measured_bf16", lambda model, rows, length: next(answers))
+    out = tmp_path / "run"
+    pretrain(*tiny_run(corpus, out, max_steps=8))
+    pretrain(*tiny_run(corpus, out, max_steps=16, resume_from_checkpoint="last"))
+    assert json.loads((out / "training_args.json").read_text())["bf16"] is True
+    assert "| precision | bf16 autocast, fp32 weights (timed where it started) |" in (out / "README.md").read_text()
+    assert next(answers)[1] == "timed where it resumed"  # not timed again
+
+
 def test_resuming_needs_a_complete_checkpoint(corpus, tmp_path, capsys):
     assert main(["pretrain", *cli_args(corpus, tmp_path / "none"), "--resume_from_checkpoint", "last"]) == 1
     assert "holds no complete checkpoint to resume from; start the run without the flag" in capsys.readouterr().err
