@@ -16,7 +16,8 @@ compilation on CUDA) with the weights' bytes read per second against the bandwid
 training step in the recipes' default precision (each model in its own subprocess: RSS on the CPU, allocated GPU
 memory on CUDA). Each ratio compares our best mode with GPT-2's best mode. The last line is
 `train_ratio=... decode_b1_ratio=... decode_b8_ratio=... rss_ratio=... precision=...` (ours / GPT-2; memory:
-lower is better, `gpu_memory_ratio` on CUDA; precision: the recipes' default here).
+lower is better, `gpu_memory_ratio` on CUDA; precision: the recipes' default here, timed at this shape on a CPU
+with native bf16 as the recipes time it).
 """
 
 import argparse
@@ -35,6 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import hf_scratch_gpt
 from hf_scratch_gpt import kernels_scratch_gpt as kernels
 from hf_scratch_gpt.recipes.arguments import native_bf16
+from hf_scratch_gpt.recipes.precision import measured_bf16
 
 SHAPE = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TRAIN_BATCH = {"cpu": (2, 256), "cuda": (16, 1024)}  # rows x tokens: what each device trains on in reasonable time
@@ -207,6 +209,15 @@ def kernels_chosen() -> str:
                                                           for kind, layers in chosen.items()) + "\n"
 
 
+def recipes_precision(model, rows: int, seq: int, device: torch.device) -> tuple[bool, str]:
+    """What the recipes train `model` in at this shape here, and why: timed on a CPU with native bf16 (cached
+    per CPU and shape, as `Run` does), the hardware's flag elsewhere."""
+    on_cpu = device.type == "cpu"
+    if on_cpu and native_bf16(on_cpu):
+        return measured_bf16(model, rows, seq)
+    return native_bf16(on_cpu), "the hardware's bf16 support"
+
+
 def describe_device(device: torch.device) -> str:
     if device.type != "cuda":
         return describe()
@@ -230,16 +241,16 @@ def main():
 
     repeats, warmup, new_tokens = (3, 1, 48) if args.quick else (7, 2, 128)
     train_rows, seq = TRAIN_BATCH[device.type]
-    default_bf16 = native_bf16(on_cpu=device.type == "cpu")
     print(describe_device(device))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, GPT-2 124M shape on {device.type}, "
-          f"recipes' default precision here: {'bf16' if default_bf16 else 'fp32'}")
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     bandwidth, buffer = memory_bandwidth(device)
     print(f"matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; memory "
           f"bandwidth {bandwidth / 1e9:.1f} GB/s (a {buffer / 2**30:.1f} GiB buffer); measured here\n")
 
     models = {name: build(name).to(device) for name in ("gpt2", "ours")}
+    default_bf16, why = recipes_precision(models["ours"], train_rows, seq, device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, GPT-2 124M shape on {device.type}, "
+          f"recipes' default precision here: {'bf16' if default_bf16 else 'fp32'} ({why})\n")
     ceiling = step_matmuls_flops(models["gpt2"].config, torch.bfloat16, train_rows, seq, device)
     print(f"a bf16 training step's matmuls alone, at its shapes: {ceiling / 1e9:.0f} GFLOP/s = "
           f"{ceiling / peaks['bf16']:.0%} of the bf16 peak (the most MFU this shape reaches here)\n")
