@@ -20,6 +20,8 @@ GPT2_BPE_SHA256 = "0f8c9d6ae8900a28603a84f9c4be747822b43891146b9d76e7d3faf936c34
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 UNKNOWN = "<|unk|>"
 LONG_RUN = r"\S{64}"  # what the BPE of `train_tokenizer` cuts text at before GPT-2's regex finds words
+# The pre-tokenizer of `train_tokenizer(kind="char")`: every character a word of its own.
+EVERY_CHARACTER = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -80,7 +82,7 @@ def train_tokenizer(
         )
     else:
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN))
-        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(EVERY_CHARACTER["pattern"]["Regex"]), behavior="isolated")
         tokenizer.decoder = decoders.Fuse()
         trainer = trainers.WordLevelTrainer(
             vocab_size=vocab_size, special_tokens=[END_OF_TEXT, UNKNOWN], show_progress=False
@@ -186,11 +188,40 @@ def batch_encoder(tokenizer) -> Callable[[list[str]], list[np.ndarray]]:
     4x faster than `tokenizers` per core, which is what preparing a corpus of gigabytes waits on. Any other
     tokenizer (or GPT-2's without tiktoken installed) goes through the tokenizer itself, without its warning
     that a text is longer than the model's context: a corpus's documents are, before they are cut into windows.
+    A tokenizer of one token per character looks its ids up by code point (`_character_lookup`).
     """
     fast = _tiktoken_gpt2(tokenizer)
     if fast is not None:
         return lambda texts: [fast.encode_to_numpy(text, allowed_special="all") for text in texts]
+    characters = _character_lookup(tokenizer)
+    if characters is not None:
+        return lambda texts: [characters(text) for text in texts]
     return lambda texts: list(map(np.asarray, tokenizer(texts, add_special_tokens=False, verbose=False).input_ids))
+
+
+def _character_lookup(tokenizer) -> Callable[[str], np.ndarray] | None:
+    """The ids of a text for a tokenizer of one token per character (`train_tokenizer(kind="char")`: a word per
+    character, a vocabulary lookup, unknown characters to its unknown token), read from a table indexed by code
+    point: `tokenizers`' ids, in 0.02 s instead of 1.4 s for tiny Shakespeare. A text holding an added
+    token, which the tokenizer matches whole, goes through the tokenizer. None for any other tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    model = spec.get("model", {})
+    if (spec.get("normalizer") is not None or spec.get("pre_tokenizer") != EVERY_CHARACTER
+            or model.get("type") != "WordLevel" or model.get("unk_token") not in model.get("vocab", {})):
+        return None
+    characters = {ord(token): i for token, i in model["vocab"].items() if len(token) == 1}
+    table = np.full(max(characters, default=0) + 2, model["vocab"][model["unk_token"]], dtype=np.int64)
+    table[list(characters)] = list(characters.values())  # the last entry stays unknown: every code point beyond
+    added = [token.content for token in tokenizer.added_tokens_decoder.values()]
+
+    def ids(text: str) -> np.ndarray:
+        if any(token in text for token in added):
+            return np.asarray(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return table[np.minimum(code_points, len(table) - 1)]
+
+    return ids
 
 
 def _tiktoken_gpt2(tokenizer):
@@ -248,8 +279,7 @@ def starts_words_at_line_breaks(tokenizer) -> bool:
         return True
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
-    every_character = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
-    return spec.get("normalizer") is None and spec.get("pre_tokenizer") == every_character
+    return spec.get("normalizer") is None and spec.get("pre_tokenizer") == EVERY_CHARACTER
 
 
 def _bpe_fingerprint(model: dict) -> str:

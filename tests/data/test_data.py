@@ -26,6 +26,7 @@ from hf_scratch_gpt.corpus import (
 )
 from hf_scratch_gpt.tokenization import (
     END_OF_TEXT,
+    _character_lookup,
     _tiktoken_gpt2,
     batch_encoder,
     gpt2_tokenizer,
@@ -195,6 +196,14 @@ def test_gpt2_is_tokenized_by_tiktoken_to_the_same_ids():
 def test_other_tokenizers_keep_their_own_encoding(chars):
     assert _tiktoken_gpt2(chars) is None
     assert [ids.tolist() for ids in batch_encoder(chars)(["abc", "zz"])] == chars(["abc", "zz"]).input_ids
+
+
+def test_a_character_tokenizer_is_read_by_code_point(chars):
+    """The lookup table gives the tokenizer's ids: unknown characters (beyond the table too), an added token
+    written in the text (matched whole by the tokenizer), nothing at all."""
+    texts = ["abc", "", "zz top!", "caf\u00e9 \U0001f600\n\tx", f"ab{END_OF_TEXT}c<|unk|>d", ALPHABET * 200]
+    assert [ids.tolist() for ids in batch_encoder(chars)(texts)] == chars(texts, add_special_tokens=False).input_ids
+    assert _character_lookup(chars) is not None and _character_lookup(train_tokenizer([ALPHABET], "bpe", 300)) is None
 
 
 def test_encoding_documents_longer_than_the_context_warns_nothing(chars):
