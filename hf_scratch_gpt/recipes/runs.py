@@ -4,11 +4,8 @@ staging folder (with the loss plot and the files that record the run), and an en
 for that folder before process 0 pushes it."""
 
 import copy
-import ctypes
 import json
 import logging
-import platform
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,8 +82,6 @@ class Run:
         without a validation split, nothing is evaluated (and no best checkpoint picked). A default precision
         left to measure is timed first, on batches `probe_length` tokens long (default: the longest of the first
         training examples)."""
-        if self.trainer_args.device.type == "cpu":
-            keep_freed_memory()
         if self.trainer_args.bf16 is None:
             callbacks = [*(callbacks or []), self._choose_precision(model, datasets["train"], probe_length)]
         if datasets.get("validation") is None:
@@ -134,22 +129,6 @@ class Run:
 
     def produced(self, metrics: dict) -> "Produced":
         return Produced(metrics, self.files)
-
-
-def keep_freed_memory() -> None:
-    """Have glibc's allocator keep what a training step frees for the next step instead of handing it back to the
-    kernel, which then zero-fills every page again on first touch: tensors up to 32 MB come from the heap (not
-    each its own memory map) and up to 1 GB free at its top stays. At nanoGPT's tiny shape a step had about 1600
-    such page faults, 3 ms of its 36 (2-core Xeon); the peak memory is the same (GPT-2's shape: 2.92-2.97 GB
-    either way), and the memory after a step stays at the peak, as PyTorch's own GPU allocator keeps it."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-    mallopt(_M_TRIM_THRESHOLD, 2**30)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 class ChosenPrecision(TrainerCallback, ExportableState):

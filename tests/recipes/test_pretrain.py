@@ -3,9 +3,7 @@ precision."""
 
 import json
 import math
-import platform
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -168,27 +166,6 @@ def test_a_resumed_run_keeps_the_precision_it_started_in(corpus, tmp_path, monke
     assert json.loads((out / "training_args.json").read_text())["bf16"] is True
     assert "| precision | bf16 autocast, fp32 weights (timed where it started) |" in (out / "README.md").read_text()
     assert next(answers)[1] == "timed where it resumed"  # not timed again
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
-def test_a_cpu_run_keeps_the_memory_a_step_frees_for_the_next():
-    """Without `keep_freed_memory` a step of this shape (nanoGPT's quick start) gives 500-1600 pages back to the
-    kernel and takes them again, zero-filled; with it, hardly any."""
-    from hf_scratch_gpt.recipes.runs import keep_freed_memory
-
-    keep_freed_memory()
-    model = ScratchGPTForCausalLM(ScratchGPTConfig(vocab_size=65, context_length=64, emb_dim=128, n_heads=4,
-                                                   n_layers=4)).train()
-    ids = torch.randint(0, 65, (12, 64), generator=torch.Generator().manual_seed(0))
-
-    def page_faults_of_a_step() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        model(ids, labels=ids).loss.backward()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    for _ in range(3):
-        page_faults_of_a_step()
-    assert sum(page_faults_of_a_step() for _ in range(5)) / 5 < 100
 
 
 def test_resuming_needs_a_complete_checkpoint(corpus, tmp_path, capsys):
