@@ -1,6 +1,6 @@
 """Speed machinery of `modeling_scratch_gpt.py`, kept apart so that the model file reads as the book: a linear
-layer that picks its inference kernel by timing the candidates where it runs, and the output head's
-cross-entropy computed a chunk of rows at a time.
+layer that picks its inference kernel by timing the candidates where it runs, the same choice between sdpa and
+eager attention for CPU training, and the output head's cross-entropy computed a chunk of rows at a time.
 
 It travels with every checkpoint beside the model file (transformers copies a code file's relative imports),
 so it imports only torch.
@@ -62,8 +62,8 @@ class KernelChoice:
     """The kernel for one kind of call (sizes, dtype, rows), chosen by timing real calls on this machine.
 
     The first calls go to each candidate in turn, `TRIALS` + 1 each, timed (CPU kernels return when done) but
-    for the first, which pays one-time costs (oneDNN builds its primitive); then the fastest is kept, the plain
-    kernel unless another takes at most `MARGIN` of its time. A kernel's time is the lower quartile of its
+    for the first, which pays one-time costs (oneDNN builds its primitive); then the fastest is kept (`_kept`), the
+    plain kernel unless another takes at most `MARGIN` of its time. A kernel's time is the lower quartile of its
     calls: work elsewhere on the machine only ever adds time, and on a busy one a call can take 3x another of
     the same kernel (the median of 5 calls kept a 1.6x slower kernel in 3 runs of 5). Measured on the calls
     themselves, so the weights come from wherever decoding leaves them (caches, memory), as they do
@@ -85,10 +85,16 @@ class KernelChoice:
         out = kernel(x, weight, bias)
         self.times[kernel].append(time.perf_counter() - start)
         if self._turn == (TRIALS + 1) * len(kernels):
-            typical = {k: sorted(t[1:])[TRIALS // 4] for k, t in self.times.items()}
-            fastest = min(typical, key=typical.get)
-            self.chosen = fastest if typical[fastest] <= MARGIN * typical[plain_linear] else plain_linear
+            self.chosen = _kept(self.times, plain_linear)
         return out
+
+
+def _kept(times: dict, plain):
+    """Of candidates timed `TRIALS` + 1 times each (the first call untimed: it pays one-time costs), the fastest by
+    its lower quartile; the plain one unless another takes at most `MARGIN` of its time."""
+    typical = {candidate: sorted(t[1:])[TRIALS // 4] for candidate, t in times.items()}
+    fastest = min(typical, key=typical.get)
+    return fastest if typical[fastest] <= MARGIN * typical[plain] else plain
 
 
 _CHOICES: dict[tuple, KernelChoice] = {}
@@ -118,6 +124,40 @@ class Linear(nn.Linear):
                 choice = _CHOICES[key] = KernelChoice(candidates(x.dtype, rows))
             return choice(x, weight, self.bias)
         return nn.functional.linear(x, weight, self.bias)
+
+
+SCORES_TIMED = 2**22  # eager attention is timed against sdpa only where its scores (batch x heads x queries x keys)
+# hold at most this many numbers (16 MB in fp32): beyond, they cost memory that sdpa's tiled kernel never allocates.
+_TRAINING_ATTENTION: dict[tuple, str] = {}
+
+
+def training_attention(module, query, key, value, candidates: dict) -> str:
+    """The name of whichever attention function of `candidates` ("sdpa", the default, first; then "eager") computes
+    this attention with its backward faster on this CPU. sdpa's fused CPU kernel is not always the faster: on the
+    AMX Xeon of the benchmark its bf16 backward takes 4 ms for 12 sequences x 4 heads x 64 tokens where eager's
+    takes 1 (fp32: 1 ms both), and from 1024 tokens it is 2.6x faster than eager's.
+
+    Timed once per process for each dtype, head size and size class (the next power of two of batch x heads, of
+    queries and of keys), on the call's own tensors, detached: the model's gradients and the random state are
+    untouched. Each candidate runs `TRIALS` + 1 times, the choice as `KernelChoice` makes it (`_kept`)."""
+    b, h, n, d = query.shape
+    if b * h * n * key.shape[2] > SCORES_TIMED:
+        return "sdpa"
+    size = (query.dtype, d, *(1 << (x - 1).bit_length() for x in (b * h, n, key.shape[2])))
+    if size not in _TRAINING_ATTENTION:
+        inputs = [t.detach().requires_grad_() for t in (query, key, value)]
+        times = {name: [] for name in candidates}
+        # Under hooks of its own that keep saved tensors as they are: the caller's (activation checkpointing's,
+        # which counts what a layer saves) would take the timing's tensors for the layer's.
+        with torch.autograd.graph.saved_tensors_hooks(lambda saved: saved, lambda saved: saved):
+            for _ in range(TRIALS + 1):
+                for name, attention in candidates.items():
+                    start = time.perf_counter()
+                    context, _ = attention(module, *inputs, None, scaling=module.scaling, dropout=0.0)
+                    torch.autograd.grad(context, inputs, torch.ones_like(context))
+                    times[name].append(time.perf_counter() - start)
+        _TRAINING_ATTENTION[size] = _kept(times, "sdpa")
+    return _TRAINING_ATTENTION[size]
 
 
 def _keep_mask(x: torch.Tensor, dropped: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .kernels_scratch_gpt import Dropout, Linear, PackedRow, dropout16, head_cross_entropy
+from .kernels_scratch_gpt import Dropout, Linear, PackedRow, dropout16, head_cross_entropy, training_attention
 
 # --- The cache's name across transformers releases: delete this section when the floor reaches 5.24 ----------
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (generate()'s model inputs, the
@@ -93,6 +93,10 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return context, attn_weights
 
 
+# What CPU training chooses between by timing (`training_attention`), the default first.
+TRAINING_ATTENTION = {"sdpa": ALL_ATTENTION_FUNCTIONS["sdpa"], "eager": eager_attention_forward}
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention. Query, key and value come from one fused projection (one
     matmul instead of three); the attention itself is ours (eager) or any transformers backend."""
@@ -120,19 +124,25 @@ class MultiHeadAttention(nn.Module):
         elif cache is not None:  # a paged cache that the paged attention function updates
             kwargs["cache"] = cache
 
+        if packed_row is not None:  # one packed row, attended as a batch of its sequences (see PackedRow)
+            query, key, value = (packed_row.unpack(states) for states in (query, key, value))
+
         # Only the eager path materialises attention weights, so a request for them takes it. So does
         # training with attention dropout on the CPU: there sdpa has no fused kernel with dropout and runs
-        # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory. Eager is
-        # ours, also under continuous batching from 5.19 (`paged|eager`: its mask is additive, its cache updated).
+        # its unfused path in fp32 even under bf16 autocast, which is ours at twice the memory. Without
+        # dropout, CPU training takes whichever of sdpa and eager computes forward and backward faster at its
+        # shapes here (sdpa's bf16 backward is 4x eager's at short contexts on some CPUs). Eager is ours, also
+        # under continuous batching from 5.19 (`paged|eager`: its mask is additive, its cache updated).
         implementation = self.config._attn_implementation
-        if output_attentions or (implementation == "sdpa" and self.training and self.dropout and query.is_cpu):
-            implementation = "eager"
-        if implementation == "paged|eager" and PAGED_CACHE_UPDATED_BY_MODEL:
+        if implementation == "sdpa" and self.training and query.is_cpu:
+            if self.dropout:
+                implementation = "eager"
+            elif query.requires_grad and not torch.compiler.is_compiling():
+                implementation = training_attention(self, query, key, value, TRAINING_ATTENTION)
+        if output_attentions or (implementation == "paged|eager" and PAGED_CACHE_UPDATED_BY_MODEL):
             implementation = "eager"
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         dropout = self.dropout if self.training else 0.0
-        if packed_row is not None:  # one packed row, attended as a batch of its sequences (see PackedRow)
-            query, key, value = (packed_row.unpack(states) for states in (query, key, value))
         # One call site: vLLM finds the attention of a module by reading its source for exactly one such call.
         context, attn_weights = attention(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs

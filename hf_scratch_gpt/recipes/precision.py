@@ -4,9 +4,12 @@ step: bf16 autocast only where it is faster than fp32 there.
 A CPU flag (AMX, AVX512-BF16) says that bf16 is computed natively, not that autocast pays at a model's shape: at
 GPT-2's 768 dimensions bf16 trains ~1.9x faster than fp32 on an AMX Xeon, at 128 dimensions 15% slower there and 5%
 faster on a Zen 4 (benchmarks/RESULTS.md). The answer is kept per machine, torch release and shape in
-`~/.cache/hf-scratch-gpt/precision.json`, so that a run (and its resumption) measures once.
+`~/.cache/hf-scratch-gpt/precision.json`, so that a run (and its resumption) measures once; the model's code is
+part of the key (a change to it, such as its attention's choice of kernel, can change the answer).
 """
 
+import hashlib
+import inspect
 import json
 import os
 import platform
@@ -32,8 +35,8 @@ def measured_bf16(model, rows: int, length: int) -> tuple[bool, str]:
     this machine, and why, in words for the model card."""
     rows = max(1, min(rows, TOKENS // length))
     config = model.config
-    key = " | ".join([_cpu_name(), f"torch {torch.__version__}", type(model).__name__,
-                      f"{config.vocab_size}x{config.emb_dim}x{config.n_layers}x{config.n_heads}",
+    key = " | ".join([_cpu_name(), f"torch {torch.__version__}", f"code {_code_fingerprint(model)}",
+                      type(model).__name__, f"{config.vocab_size}x{config.emb_dim}x{config.n_layers}x{config.n_heads}",
                       f"trainable {sum(p.numel() for p in model.parameters() if p.requires_grad)}", f"{rows}x{length}"])
     known = _read_cache()
     if key not in known:
@@ -67,6 +70,17 @@ def _step_seconds(model, rows: int, length: int) -> tuple[float, float]:
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return statistics.median(times[False]), statistics.median(times[True])
+
+
+def _code_fingerprint(model) -> str:
+    """A short hash of the files the model's forward and backward run (its model file and the speed machinery
+    beside it), wherever they were loaded from."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_file = Path(inspect.getfile(type(base)))
+    digest = hashlib.sha256()
+    for path in sorted(model_file.parent.glob("*_scratch_gpt.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _read_cache() -> dict:

@@ -12,6 +12,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
 from hf_scratch_gpt import kernels_scratch_gpt as kernels
+from hf_scratch_gpt import modeling_scratch_gpt as modeling
 from hf_scratch_gpt.kernels_scratch_gpt import TRIALS, Linear, head_cross_entropy
 
 from support import VOCAB, enable_checkpointing, left_padded, tiny_config
@@ -234,7 +235,9 @@ def test_hidden_states_and_attentions():
     torch.testing.assert_close(as_tuple[0], out.logits)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    monkeypatch.setattr(kernels, "_TRAINING_ATTENTION", {})  # the attention is timed inside a checkpointed layer
+
     def grads(checkpointing):
         model = causal_lm(drop_rate=0.0).train()
         if checkpointing:
@@ -243,7 +246,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(ids, labels=ids).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    plain, checkpointed = grads(False), grads(True)
+    checkpointed, plain = grads(True), grads(False)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
 
@@ -429,3 +432,57 @@ def test_the_kernel_kept_is_the_fastest_measured_here_and_never_slower_than_the_
     assert choice.chosen is (other if kept == "other" else plain)
     assert choice(None, None, None) == choice.chosen.__name__
     assert kernels.KernelChoice([plain]).chosen is plain  # nothing to choose from: no timing
+
+
+def _slowed(attention, seconds):
+    """An attention function that takes `seconds` more than `attention`, and counts its calls."""
+    def slowed(*args, **kwargs):
+        slowed.calls += 1
+        time.sleep(seconds)
+        return attention(*args, **kwargs)
+
+    slowed.calls = 0
+    return slowed
+
+
+@pytest.mark.parametrize("slow", ["sdpa", "eager"])
+def test_cpu_training_takes_the_attention_timed_faster_here_with_the_same_values(monkeypatch, slow):
+    monkeypatch.setattr(kernels, "_TRAINING_ATTENTION", {})
+    candidates = dict(modeling.TRAINING_ATTENTION)
+    candidates[slow] = _slowed(candidates[slow], 0.003)
+    monkeypatch.setattr(modeling, "TRAINING_ATTENTION", candidates)
+    torch.manual_seed(0)
+    ours = ScratchGPTForCausalLM(tiny_config(attn_implementation="sdpa")).train()
+    faster = "eager" if slow == "sdpa" else "sdpa"
+    reference = ScratchGPTForCausalLM(tiny_config(attn_implementation=faster)).train()
+    reference.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, VOCAB, (3, 12))
+
+    with torch.no_grad():
+        ours.eval()(ids)  # inference is not timed
+    assert kernels._TRAINING_ATTENTION == {}
+    rng = torch.get_rng_state()
+    for model in (ours.train(), reference):
+        model(ids, labels=ids).loss.backward()
+    assert torch.equal(torch.get_rng_state(), rng)
+    # One size class timed for the model's layers (each candidate TRIALS + 1 times), then the faster one taken.
+    assert kernels._TRAINING_ATTENTION == {(torch.float32, 8, 16, 16, 16): faster}  # 3 x 4 heads, 12 tokens
+    assert candidates[slow].calls == TRIALS + 1
+    # The timing's backward passes ran on detached copies: the model's gradients are those of the faster
+    # implementation alone.
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+    other = torch.randint(0, VOCAB, (4, 9))
+    ours(other, labels=other).loss.backward()  # 4 x 4 heads, 9 tokens: the same size class
+    assert candidates[slow].calls == TRIALS + 1
+
+
+def test_attention_too_large_to_materialise_is_not_timed(monkeypatch):
+    monkeypatch.setattr(kernels, "_TRAINING_ATTENTION", {})
+    monkeypatch.setattr(kernels, "SCORES_TIMED", 3 * 4 * 12 * 12 - 1)  # tiny_config: 4 heads
+    eager = _slowed(modeling.eager_attention_forward, 0)
+    monkeypatch.setitem(modeling.TRAINING_ATTENTION, "eager", eager)
+    model = ScratchGPTForCausalLM(tiny_config(attn_implementation="sdpa")).train()
+    ids = torch.randint(0, VOCAB, (3, 12))
+    model(ids, labels=ids).loss.backward()
+    assert eager.calls == 0 and kernels._TRAINING_ATTENTION == {}
