@@ -68,7 +68,7 @@ def read_tables(source, files: list[str], also: str | None = None, streaming: bo
                 raise ValueError(f"Data {f} holds no rows (a header at most).")
     elif _TABLES[suffix] == "json":
         for f in files:
-            if not _starts_with_a_record_line(f):  # datasets reads a list of numbers as a column of them
+            if not starts_with_a_record_line(f):  # datasets reads a list of numbers as a column of them
                 _check_json_records(f)
     try:
         dataset = load_dataset(_TABLES[suffix], data_files=files, split="train", streaming=streaming, **options)
@@ -82,7 +82,7 @@ def read_tables(source, files: list[str], also: str | None = None, streaming: bo
     return dataset
 
 
-def _starts_with_a_record_line(path: str) -> bool:
+def starts_with_a_record_line(path: str) -> bool:
     """Whether a JSON file is JSON Lines whose first line is a record: a file datasets reads one line at a time,
     and, when a later line is broken, fails on (JSON lists are read whole anyway, and checked whole here)."""
     with open(path, "rb") as file:

@@ -313,3 +313,34 @@ def test_shuffling_keeps_a_document_read_in_pieces_whole(tmp_path, small_pieces)
     every_order = {"".join(order): order for order in itertools.permutations(texts)}
     orders = {every_order["".join(_shuffled(corpus, seed)["text"])] for seed in range(6)}  # each document whole
     assert len(orders) > 1  # and the documents do move
+
+
+def _json_lines(records) -> str:
+    return "".join((json.dumps(r, ensure_ascii=i % 2 == 0) if not isinstance(r, str) else r) + "\n"
+                   for i, r in enumerate(records))
+
+
+def test_a_big_json_lines_file_is_read_in_byte_ranges_record_by_record(tmp_path, small_pieces):
+    # Records of every length around the 256-byte ranges, escaped line breaks and non-ASCII text (both escaped
+    # and as UTF-8), blank lines, another column; two files, read in order.
+    records = [{"id": i, "body": f"doc {i}: café 日本\n" * (i % 9) + "x" * (i * 37 % 300)} for i in range(120)]
+    (tmp_path / "a.jsonl").write_text(_json_lines(records[:70]) + "\n  \n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(_json_lines(records[70:]), encoding="utf-8")
+    corpus = load_corpus(tmp_path, text_column="body")
+    assert len(corpus.cache_files) == 2  # written by two processes
+    assert corpus.column_names == ["text"] and corpus["text"] == [r["body"] for r in records]
+    assert load_corpus(tmp_path, text_column="body").cache_files == corpus.cache_files  # read back, not again
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"text": "fine"', "line 3 is not JSON"),
+    ('["a", "list"]', "line 3 is not a record \\(a JSON object\\) but list"),
+    ('{"body": "x"}', "line 3 has no 'text' column; its columns are \\['body'\\]"),
+    ('{"text": null}', "line 3 has None in its 'text' column, not text"),
+])
+def test_a_bad_line_of_a_big_json_lines_file_is_named(tmp_path, small_pieces, line, problem):
+    lines = [{"text": "first " * 60}, {"text": "second " * 60}, line, *[{"text": "more " * 60}] * 3]
+    path = tmp_path / "big.jsonl"
+    path.write_text(_json_lines(lines))
+    with pytest.raises(ValueError, match=f"Corpus {path}: {problem}"):
+        load_corpus(path)
