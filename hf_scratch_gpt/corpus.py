@@ -115,9 +115,9 @@ def _json_lines_corpus(files: list[str], text_column: str) -> Dataset:
     The file's size and modification time name datasets' cache with the ranges, so a second run reads it back."""
     ranges = []
     for path in files:
-        size, modified = os.stat(path).st_size, os.stat(path).st_mtime_ns
-        ranges += [(str(path), size, modified, start, min(start + PIECE_BYTES, size))
-                   for start in range(0, size, PIECE_BYTES)]
+        stat = os.stat(path)
+        ranges += [(str(path), stat.st_size, stat.st_mtime_ns, start, min(start + PIECE_BYTES, stat.st_size))
+                   for start in range(0, stat.st_size, PIECE_BYTES)]
     num_proc = min(os.cpu_count() or 1, len(ranges))
     try:
         return Dataset.from_generator(_json_lines_texts, gen_kwargs={"ranges": ranges, "text_column": text_column},

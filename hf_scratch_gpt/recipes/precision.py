@@ -2,8 +2,9 @@
 step: bf16 autocast only where it is faster than fp32 there.
 
 A CPU flag (AMX, AVX512-BF16) says that bf16 is computed natively, not that autocast pays at a model's shape: at
-GPT-2's 768 dimensions bf16 trains ~1.9x faster than fp32 on an AMX Xeon, at 128 dimensions 15% slower there and 5%
-faster on a Zen 4 (benchmarks/RESULTS.md). The answer is kept per machine, torch release and shape in
+GPT-2's 768 dimensions bf16 trains ~1.9x faster than fp32 on an AMX Xeon; at 128 dimensions it was 15% slower there
+(until training took its attention kernel by timing: now 25% faster) and 5% faster on a Zen 4
+(benchmarks/RESULTS.md). The answer is kept per machine, torch release and shape in
 `~/.cache/hf-scratch-gpt/precision.json`, so that a run (and its resumption) measures once; the model's code is
 part of the key (a change to it, such as its attention's choice of kernel, can change the answer).
 """
