@@ -24,7 +24,6 @@ import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, Value, load_dataset
 from datasets.distributed import split_dataset_by_node
-from datasets.exceptions import DatasetGenerationError
 
 from .command import package_version
 from .data import data_files, load_hub_dataset, read_tables, starts_with_a_record_line
@@ -65,9 +64,8 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
         else:
             corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
         text_column = "text"  # a file is a document
-    elif not streaming and any(os.path.getsize(f) > PIECE_BYTES for f in files) and all(
-            Path(f).suffix.lower() in (".json", ".jsonl") and starts_with_a_record_line(f) for f in files):
-        corpus = _json_lines_corpus(files, text_column)
+    elif not streaming and _all_json_lines(files):
+        corpus = _read_json_lines(files, _JsonLinesRecords(text_column), num_proc=None)
         text_column = "text"
     else:
         corpus = read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
@@ -107,38 +105,66 @@ def _last_cut(data: bytes) -> int:
     return 0
 
 
-def _json_lines_corpus(files: list[str], text_column: str) -> Dataset:
-    """The `text_column` of JSON Lines files past `PIECE_BYTES`, read in byte ranges by every core.
+def _all_json_lines(files: list[str]) -> bool:
+    return all(Path(f).suffix.lower() in (".json", ".jsonl") and starts_with_a_record_line(f) for f in files)
 
-    datasets reads a JSON file in one process, and that process alone writes the Arrow copy of its text: 10 of the
-    40 s that preparing a 1 GB corpus took on 2 cores; 2 cores read and write it in 6.3 s where datasets takes 8.5-10.4.
-    The file's size and modification time name datasets' cache with the ranges, so a second run reads it back."""
-    ranges = []
+
+def _file_ranges(files: list[str]) -> Dataset:
+    """The files in byte ranges of `PIECE_BYTES`, a row each, in datasets' cache: what is read from them
+    (`_JsonLinesRecords`) is cached beside it, and each file's size and modification time name the cache, so a
+    changed file is read again."""
+    rows = []
     for path in files:
         stat = os.stat(path)
-        ranges += [(str(path), stat.st_size, stat.st_mtime_ns, start, min(start + PIECE_BYTES, stat.st_size))
-                   for start in range(0, stat.st_size, PIECE_BYTES)]
-    num_proc = min(os.cpu_count() or 1, len(ranges))
-    try:
-        return Dataset.from_generator(_json_lines_texts, gen_kwargs={"ranges": ranges, "text_column": text_column},
-                                      features=Features({"text": Value("string")}),
-                                      num_proc=num_proc if num_proc > 1 else None)
-    except DatasetGenerationError:  # a worker's error, which datasets wraps: read again here, to say which line
-        for _ in _json_lines_texts(ranges, text_column):
-            pass
-        raise
+        rows += [{"path": str(path), "size": stat.st_size, "modified": stat.st_mtime_ns, "start": start,
+                  "end": min(start + PIECE_BYTES, stat.st_size)} for start in range(0, stat.st_size, PIECE_BYTES)]
+    features = Features({"path": Value("string"), **{name: Value("int64") for name in ("size", "modified", "start",
+                                                                                       "end")}})
+    return Dataset.from_generator(_rows, gen_kwargs={"rows": rows}, features=features)
 
 
-def _json_lines_texts(ranges: list[tuple], text_column: str):
-    """Rows of the texts of the records that start in each byte range; a blank line is passed over."""
-    for path, _, _, start, end in ranges:
-        with open(path, "rb") as file:
-            file.seek(max(start - 1, 0))
-            if start:
-                file.readline()  # the line under way at `start` belongs to the range before
-            while (offset := file.tell()) < end and (line := file.readline()):
-                if line.strip():
-                    yield {"text": _record_text(line, text_column, path, offset)}
+def _rows(rows: list[dict]):
+    yield from rows
+
+
+def _read_json_lines(files: list[str], records: "_JsonLinesRecords", num_proc: int | None) -> Dataset:
+    """JSON Lines files read in byte ranges by `num_proc` processes (every core past `_BIG_CORPUS` bytes).
+
+    datasets reads a JSON file in one process, and that process alone writes the Arrow copy of its text: 10 of the
+    40 s that preparing a 1 GB corpus took on 2 cores."""
+    ranges = _file_ranges(files)
+    megabytes = sum(os.path.getsize(f) for f in files) / 2**20
+    if num_proc is None and megabytes * 2**20 >= _BIG_CORPUS:
+        num_proc = min(os.cpu_count() or 1, len(ranges))
+    return ranges.with_format("arrow").map(
+        records, batched=True, batch_size=1, num_proc=num_proc, remove_columns=ranges.column_names,
+        desc=f"{'Tokenizing' if records.tokens else 'Reading'} {len(files)} JSON Lines file(s) ({megabytes:,.0f} MB)",
+    ).with_format(None)
+
+
+class _JsonLinesRecords:
+    """The `Dataset.map` function that reads JSON Lines files where they lie: Arrow batches of byte ranges
+    (`_file_ranges`) to the `text_column` of the records that start in them, or, given `tokens`
+    (`_DocumentTokens`), straight to their ids, so the text is never copied into Arrow, nor into datasets' cache:
+    preparing a corpus then reads it once, as nanoGPT's `prepare.py` does."""
+
+    def __init__(self, text_column: str, tokens: "_DocumentTokens | None" = None):
+        self.text_column, self.tokens = text_column, tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = [text for row in batch.to_pylist() for text in _json_lines_texts(row, self.text_column)]
+        return self.tokens.table(texts) if self.tokens else pa.table({"text": pa.array(texts, pa.string())})
+
+
+def _json_lines_texts(row: dict, text_column: str):
+    """The texts of the records that start in one byte range (`_file_ranges`); a blank line is passed over."""
+    with open(row["path"], "rb") as file:
+        file.seek(max(row["start"] - 1, 0))
+        if row["start"]:
+            file.readline()  # the line under way at `start` belongs to the range before
+        while (offset := file.tell()) < row["end"] and (line := file.readline()):
+            if line.strip():
+                yield _record_text(line, text_column, row["path"], offset)
 
 
 def _record_text(line: bytes, text_column: str, path: str, offset: int) -> str:
@@ -212,15 +238,23 @@ class _DocumentTokens:
         return batch_encoder(self.tokenizer)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = self.encode(batch.column("text").to_pylist())
-        ends = batch.column("document_end").to_pylist() if "document_end" in batch.column_names else [True] * len(ids)
-        eos = np.array([self.tokenizer.eos_token_id], dtype=self.dtype)
-        values = np.concatenate([part for doc, end in zip(ids, ends) for part in ((doc, eos) if end else (doc,))])
-        values = values.astype(self.dtype, copy=False)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(doc) + end for doc, end in zip(ids, ends)], out=offsets[1:])
+        pieces = "document_end" in batch.column_names  # kept, so that shuffling keeps a document's pieces together
+        tokens = self.table(batch.column("text").to_pylist(),
+                            batch.column("document_end").to_pylist() if pieces else None)
         if self.page_out:
             _page_out(batch.column("text"))
+        return tokens.append_column("document_end", batch.column("document_end")) if pieces else tokens
+
+    def table(self, texts: list[str], ends: list[bool] | None = None) -> pa.Table:
+        """The ids of `texts` in an `input_ids` column, each ended with the end-of-text token where `ends` (by
+        default every text) says a document ends."""
+        ids = self.encode(texts)
+        ends = [True] * len(ids) if ends is None else ends
+        eos = np.array([self.tokenizer.eos_token_id], dtype=self.dtype)
+        parts = [part for doc, end in zip(ids, ends) for part in ((doc, eos) if end else (doc,))]
+        values = np.concatenate([np.zeros(0, dtype=self.dtype), *parts]).astype(self.dtype, copy=False)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(doc) + end for doc, end in zip(ids, ends)], out=offsets[1:])
         return pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, values)})
 
 
@@ -251,13 +285,25 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def tokenize_corpus(corpus: Dataset, tokenizer, num_proc: int | None = None, dtype: str | None = None) -> Dataset:
+def tokenize_corpus(corpus: Dataset | str | os.PathLike, tokenizer, num_proc: int | None = None,
+                    dtype: str | None = None, text_column: str = "text") -> Dataset:
     """Every document's token ids followed by `<|endoftext|>`, in an `input_ids` column of `storage_dtype`.
 
-    Written once to datasets' cache (file corpora; a second call with the same corpus and tokenizer reads it
-    back in a moment). `num_proc` defaults to every core for corpora past a few tens of MB.
+    `corpus` is a `Dataset` of documents (`load_corpus`) or a source as `load_corpus` takes it, `text_column`
+    naming its text: JSON Lines files are then tokenized where they lie, read once, their text never copied into
+    Arrow (`_JsonLinesRecords`), and any other source is loaded first. Written once to datasets' cache (file
+    corpora; a second call with the same corpus and tokenizer reads it back in a moment). `num_proc` defaults to
+    every core for corpora past a few tens of MB.
     """
     dtype = storage_dtype(tokenizer, dtype).name
+    if not isinstance(corpus, Dataset):
+        files = None if str(corpus) == PYTHON_DOCS else data_files(corpus, "Corpus")
+        if not files or not _all_json_lines(files):
+            return tokenize_corpus(load_corpus(corpus, text_column), tokenizer, num_proc, dtype)
+        tokens = _read_json_lines(files, _JsonLinesRecords(text_column, _DocumentTokens(tokenizer, dtype)), num_proc)
+        if len(tokens) == 0:
+            raise ValueError(f"Corpus {corpus} is empty: its {len(files)} file(s) hold no records.")
+        return tokens
     if "document_end" in corpus.column_names and not starts_words_at_line_breaks(tokenizer):
         corpus = Dataset.from_generator(_whole_documents, gen_kwargs={"pieces": corpus})  # see `_pieces`
     if num_proc is None:
@@ -359,16 +405,18 @@ def _window_stride(max_length, stride) -> int:
 
 
 def build_lm_dataset(
-    dataset: Dataset, tokenizer, max_length: int, stride: int | None = None,
+    dataset: Dataset | str | os.PathLike, tokenizer, max_length: int, stride: int | None = None,
     validation_fraction: float = 0.1,
     seed: int | None = None,
     num_proc: int | None = None,
     token_dtype: str | None = None,
+    text_column: str = "text",
 ) -> DatasetDict:
     """Windows of `max_length` tokens for next-token prediction, as the book's `GPTDatasetV1`.
 
-    Documents are tokenized (`tokenize_corpus`) and joined with `<|endoftext|>` into one stream,
-    shuffled first when `seed` is given. The last `validation_fraction` of the stream is held out,
+    Documents (a `Dataset`, or a source that `tokenize_corpus` reads) are tokenized (`tokenize_corpus`) and
+    joined with `<|endoftext|>` into one stream, in a random order of documents when `seed` is given (the tokens
+    are cached whatever the seed). The last `validation_fraction` of the stream is held out,
     so no window straddles the two splits. Windows start at 0, stride, 2*stride, ... of each split
     and hold exactly `max_length` tokens (a short tail is dropped); `stride == max_length` (the
     default) means no overlap. Rows read as `input_ids` and `labels` (equal: the model shifts), sliced
@@ -377,11 +425,10 @@ def build_lm_dataset(
     stride = _window_stride(max_length, stride)
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction={validation_fraction} is invalid: it must be in [0, 1).")
-    if len(dataset) == 0:
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
         raise ValueError("The corpus has no documents.")
-    if seed is not None:
-        dataset = _shuffled(dataset, seed)
-    stream = TokenStream(tokenize_corpus(dataset, tokenizer, num_proc, token_dtype))
+    tokens = tokenize_corpus(dataset, tokenizer, num_proc, token_dtype, text_column)
+    stream = TokenStream(tokens if seed is None else _shuffled(tokens, seed))
     total = len(stream)
     validation_tokens = int(total * validation_fraction)
     splits = {"train": (0, total - validation_tokens, stride)}

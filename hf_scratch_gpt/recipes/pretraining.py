@@ -203,7 +203,10 @@ def pretrain(
         tokenizer_source = model_args.tokenizer_name_or_path or model_source
         if data_args.streaming:
             _check_streaming(training_args, tokenizer_source)
-        corpus = load_corpus(data_args.data, data_args.text_column, data_args.streaming)
+        # Given a tokenizer, a corpus of files is tokenized where it lies (`tokenize_corpus`), not loaded first.
+        tokenized_in_place = tokenizer_source and not data_args.streaming
+        corpus = data_args.data if tokenized_in_place else load_corpus(
+            data_args.data, data_args.text_column, data_args.streaming)
         if tokenizer_source:
             tokenizer = load_tokenizer(tokenizer_source, config=config if tokenizer_source == model_source else None)
         else:
@@ -239,7 +242,7 @@ def pretrain(
             with training_args.main_process_first(desc="tokenizing and windowing"):  # others read datasets' cache
                 datasets = build_lm_dataset(
                     corpus, tokenizer, max_length, data_args.stride, data_args.validation_fraction,
-                    data_args.shuffle_seed, data_args.num_proc, data_args.token_dtype,
+                    data_args.shuffle_seed, data_args.num_proc, data_args.token_dtype, data_args.text_column,
                 )
         tokenizer.model_max_length = config.context_length
 

@@ -101,6 +101,7 @@ def world(tmp_path_factory) -> dict:
         "a_string.json": '"hello"',
         "broken.json": '{"instruction": "a",',
         "broken.jsonl": '{"instruction": "a", "output": "b"}\n{oops}\n',
+        "broken_corpus.jsonl": '{"text": "a"}\n{oops}\n',
         "no_text_column.json": json.dumps([{"body": "hello"}] * 5),
         "missing_output.json": json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}] * 5),
         "no_instruction.json": json.dumps([{"prompt": "a", "output": "b"}] * 5),
@@ -141,6 +142,10 @@ CLI_CASES = [
      1),
     ("corpus no text column", "pretrain --data {root}/no_text_column.json", "has no 'text' column; its columns are "
      "['body']. Name the text column with text_column", 1),
+    ("corpus JSON Lines broken", "pretrain --data {root}/broken_corpus.jsonl",
+     "Corpus {root}/broken_corpus.jsonl: line 2 is not JSON", 1),
+    ("corpus JSON Lines broken, tokenized in place", "pretrain --data {root}/broken_corpus.jsonl "
+     "--tokenizer_name_or_path {model}", "Corpus {root}/broken_corpus.jsonl: line 2 is not JSON", 1),
     ("corpus mixed types", "pretrain --data {root}/mixed", "has files of types ['.json', '.tsv']", 1),
     ("corpus glob matches nothing", "pretrain --data {root}/*.nothing", "matches no files", 1),
     # pretrain: sizes and fractions

@@ -3,6 +3,7 @@
 import copy
 import itertools
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -243,6 +244,7 @@ def test_tokenized_text_is_handed_back_to_the_kernel_unchanged(tmp_path):
     (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": f"{i:06d} " + "x" * 4000}) + "\n"
                                                 for i in range(8000)))
     text = load_corpus(tmp_path / "big.jsonl").data.column("text")  # 32 MB, memory-mapped from datasets' cache
+    os.sync()  # written by this process: the kernel hands back a file's pages once they are written out
     before = _rss_file_mb()
     assert sum(len(b.to_pybytes()) for chunk in text.chunks for b in chunk.buffers() if b) > 32e6  # read it all
     assert _rss_file_mb() > before + 25
@@ -263,8 +265,9 @@ AWKWARD_TEXT = "".join(
 
 @pytest.fixture
 def small_pieces(monkeypatch):
-    """Files past 256 bytes are read in pieces of about that size."""
+    """Files past 256 bytes are read in pieces of about that size, and corpora past 1 kB by every core."""
     monkeypatch.setattr(corpus_module, "PIECE_BYTES", 256)
+    monkeypatch.setattr(corpus_module, "_BIG_CORPUS", 1024)
 
 
 def whole_file_ids(tokenizer, *texts) -> list[int]:
@@ -332,15 +335,37 @@ def test_a_big_json_lines_file_is_read_in_byte_ranges_record_by_record(tmp_path,
     assert load_corpus(tmp_path, text_column="body").cache_files == corpus.cache_files  # read back, not again
 
 
+def test_json_lines_are_tokenized_where_they_lie_to_the_ids_of_their_texts(tmp_path, small_pieces, chars):
+    # Documents never copied into Arrow; the same stream as loading them first, shuffled or not, and on every core.
+    records = [{"body": ALPHABET[i % 26 :] * (i % 11), "n": i} for i in range(150)] + ["", {"body": ""}]
+    (tmp_path / "a.jsonl").write_text(_json_lines(records[:90]), encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(_json_lines(records[90:]), encoding="utf-8")
+    in_place = tokenize_corpus(tmp_path, chars, text_column="body")
+    assert len(in_place.cache_files) == 2 and in_place.column_names == ["input_ids"]
+    assert in_place.features["input_ids"].feature.dtype == "uint16"
+    eos = chars.eos_token_id
+    assert in_place["input_ids"] == [[*chars(r["body"]).input_ids, eos] for r in records if r]
+    for seed in (None, 3):
+        loaded = build_lm_dataset(load_corpus(tmp_path, text_column="body"), chars, 8, seed=seed)
+        windows = build_lm_dataset(tmp_path, chars, 8, seed=seed, text_column="body")
+        assert windows["train"][:] == loaded["train"][:] and windows["validation"][:] == loaded["validation"][:]
+    texts = load_corpus(tmp_path, text_column="body")
+    shuffled_first = TokenStream(tokenize_corpus(_shuffled(texts, 3), chars))  # what a seed always meant
+    assert build_lm_dataset(tmp_path, chars, 8, seed=3, validation_fraction=0,
+                            text_column="body")["train"][0]["input_ids"] == shuffled_first[:8].tolist()
+
+
 @pytest.mark.parametrize("line, problem", [
     ('{"text": "fine"', "line 3 is not JSON"),
     ('["a", "list"]', "line 3 is not a record \\(a JSON object\\) but list"),
     ('{"body": "x"}', "line 3 has no 'text' column; its columns are \\['body'\\]"),
     ('{"text": null}', "line 3 has None in its 'text' column, not text"),
 ])
-def test_a_bad_line_of_a_big_json_lines_file_is_named(tmp_path, small_pieces, line, problem):
+def test_a_bad_line_of_a_big_json_lines_file_is_named(tmp_path, small_pieces, chars, line, problem):
     lines = [{"text": "first " * 60}, {"text": "second " * 60}, line, *[{"text": "more " * 60}] * 3]
     path = tmp_path / "big.jsonl"
     path.write_text(_json_lines(lines))
     with pytest.raises(ValueError, match=f"Corpus {path}: {problem}"):
         load_corpus(path)
+    with pytest.raises(ValueError, match=f"Corpus {path}: {problem}"):  # from a worker process
+        tokenize_corpus(path, chars)
