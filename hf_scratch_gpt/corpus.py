@@ -16,6 +16,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from .tokenization import batch_encoder, check_utf8, starts_words_at_line_breaks
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
 _BIG_CORPUS = 32 * 2**20  # bytes of text from which tokenizing in every core pays for starting the processes
-PIECE_BYTES = 16 * 2**20  # a text file larger than this is read in pieces of about this size (see `_pieces`), a
-# JSON Lines file in byte ranges of this size by every core (see `_json_lines_texts`)
+PIECE_BYTES = 16 * 2**20  # files are read in byte ranges of this size by every core (`_file_ranges`); a text file
+# larger than this is read in pieces of about this size (`_TextPieces`)
+TEXT_SUFFIXES = {".txt", ".text", ".md", ""}
 
 
 def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "text", streaming: bool = False
@@ -53,19 +55,17 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
     files = data_files(source, "Corpus")
     if files is None:
         corpus = load_hub_dataset(source, "Corpus", streaming)
-    elif {Path(f).suffix.lower() for f in files} <= {".txt", ".text", ".md", ""}:
+    elif _all_text(files):
         for f in files:
             check_utf8(f)
         if not streaming and any(os.path.getsize(f) > PIECE_BYTES for f in files):
-            # Each file is still one document, read in pieces: never whole in memory, tokenized by every core.
-            versions = [(str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]  # names datasets' cache
-            corpus = Dataset.from_generator(_pieces, gen_kwargs={"files": versions, "piece_bytes": PIECE_BYTES},
-                                            writer_batch_size=1)  # each piece written as it is read
+            # Each file is still one document, read in pieces: never whole in memory, read and tokenized by every core.
+            corpus = _read_in_ranges(files, _TextPieces(), num_proc=None)
         else:
             corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
         text_column = "text"  # a file is a document
     elif not streaming and _all_json_lines(files):
-        corpus = _read_json_lines(files, _JsonLinesRecords(text_column), num_proc=None)
+        corpus = _read_in_ranges(files, _JsonLinesRecords(text_column), num_proc=None)
         text_column = "text"
     else:
         corpus = read_tables(source, files, also="text files (.txt, .md)", streaming=streaming)
@@ -75,44 +75,10 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
     return corpus
 
 
-def _pieces(files: list[tuple], piece_bytes: int):
-    """Rows of the text files' documents in pieces of about `piece_bytes`, `document_end` marking each file's last.
-
-    A piece ends just before a line break that follows a printable ASCII character: byte-level BPE as GPT-2's
-    starts a new word at every such point (no word of its regex spans a character and a following line break, and
-    none looks behind), and a character tokenizer at every character, so the pieces encode to exactly the ids of
-    the whole text (`tokenize_corpus` joins them again for any other tokenizer). The cut is a character boundary:
-    ASCII bytes never occur inside a longer UTF-8 sequence."""
-    for path, _, _ in files:
-        with open(path, "rb") as file:
-            rest = b""
-            while block := file.read(piece_bytes):
-                data = rest + block
-                cut = _last_cut(data)
-                if cut:
-                    yield {"text": data[:cut].decode("utf-8"), "document_end": False}
-                rest = data[cut:]
-            yield {"text": rest.decode("utf-8"), "document_end": True}
-
-
-def _last_cut(data: bytes) -> int:
-    """The last offset in `data` of a line break after a printable ASCII character (0 if none)."""
-    end = len(data)
-    while (cut := data.rfind(b"\n", 1, end)) > 0:
-        if 0x21 <= data[cut - 1] <= 0x7E:
-            return cut
-        end = cut
-    return 0
-
-
-def _all_json_lines(files: list[str]) -> bool:
-    return all(Path(f).suffix.lower() in (".json", ".jsonl") and starts_with_a_record_line(f) for f in files)
-
-
 def _file_ranges(files: list[str]) -> Dataset:
     """The files in byte ranges of `PIECE_BYTES`, a row each, in datasets' cache: what is read from them
-    (`_JsonLinesRecords`) is cached beside it, and each file's size and modification time name the cache, so a
-    changed file is read again."""
+    (`_FileReader`) is cached beside it, and each file's size and modification time name the cache, so a changed
+    file is read again."""
     rows = []
     for path in files:
         stat = os.stat(path)
@@ -127,44 +93,110 @@ def _rows(rows: list[dict]):
     yield from rows
 
 
-def _read_json_lines(files: list[str], records: "_JsonLinesRecords", num_proc: int | None) -> Dataset:
-    """JSON Lines files read in byte ranges by `num_proc` processes (every core past `_BIG_CORPUS` bytes).
-
-    datasets reads a JSON file in one process, and that process alone writes the Arrow copy of its text: 10 of the
-    40 s that preparing a 1 GB corpus took on 2 cores."""
+def _read_in_ranges(files: list[str], reader: "_FileReader", num_proc: int | None) -> Dataset:
+    """Files read in byte ranges by `num_proc` processes (every core past `_BIG_CORPUS` bytes), where datasets
+    reads a file in one process, which alone writes the Arrow copy of its text (for JSON, 10 of the 40 s that
+    preparing 1 GB took on 2 cores)."""
     ranges = _file_ranges(files)
     megabytes = sum(os.path.getsize(f) for f in files) / 2**20
     if num_proc is None and megabytes * 2**20 >= _BIG_CORPUS:
         num_proc = min(os.cpu_count() or 1, len(ranges))
+    what = f"{len(files)} {reader.kind} file(s) ({megabytes:,.0f} MB)"
     return ranges.with_format("arrow").map(
-        records, batched=True, batch_size=1, num_proc=num_proc, remove_columns=ranges.column_names,
-        desc=f"{'Tokenizing' if records.tokens else 'Reading'} {len(files)} JSON Lines file(s) ({megabytes:,.0f} MB)",
-    ).with_format(None)
+        reader, batched=True, batch_size=1, num_proc=num_proc, remove_columns=ranges.column_names,
+        desc=f"Tokenizing {what}" if reader.tokens else f"Reading {what}").with_format(None)
 
 
-class _JsonLinesRecords:
-    """The `Dataset.map` function that reads JSON Lines files where they lie: Arrow batches of byte ranges
-    (`_file_ranges`) to the `text_column` of the records that start in them, or, given `tokens`
-    (`_DocumentTokens`), straight to their ids, so the text is never copied into Arrow, nor into datasets' cache:
-    preparing a corpus then reads it once, as nanoGPT's `prepare.py` does."""
+class _FileReader:
+    """The `Dataset.map` function that reads files where they lie: Arrow batches of byte ranges (`_file_ranges`)
+    to the texts in them, or, given `tokens` (`_DocumentTokens`), straight to their ids, so that the text is never
+    copied into Arrow nor into datasets' cache: preparing a corpus reads it once, as nanoGPT's `prepare.py` does.
+    `texts(row)` says what a range holds: (text, whether a document ends with it) pairs."""
 
-    def __init__(self, text_column: str, tokens: "_DocumentTokens | None" = None):
-        self.text_column, self.tokens = text_column, tokens
+    kind = ""
+    pieces = False  # whether a document may go on into the next range: rows then say where each one ends
+
+    def __init__(self, tokens: "_DocumentTokens | None" = None):
+        self.tokens = tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = [text for row in batch.to_pylist() for text in _json_lines_texts(row, self.text_column)]
-        return self.tokens.table(texts) if self.tokens else pa.table({"text": pa.array(texts, pa.string())})
+        pairs = [pair for row in batch.to_pylist() for pair in self.texts(row)]
+        texts, ends = [text for text, _ in pairs], [end for _, end in pairs]
+        table = self.tokens.table(texts, ends) if self.tokens else pa.table({"text": pa.array(texts, pa.string())})
+        return table.append_column("document_end", pa.array(ends, pa.bool_())) if self.pieces else table
+
+    def texts(self, row: dict):
+        raise NotImplementedError
 
 
-def _json_lines_texts(row: dict, text_column: str):
-    """The texts of the records that start in one byte range (`_file_ranges`); a blank line is passed over."""
-    with open(row["path"], "rb") as file:
-        file.seek(max(row["start"] - 1, 0))
-        if row["start"]:
-            file.readline()  # the line under way at `start` belongs to the range before
-        while (offset := file.tell()) < row["end"] and (line := file.readline()):
-            if line.strip():
-                yield _record_text(line, text_column, row["path"], offset)
+class _JsonLinesRecords(_FileReader):
+    """JSON Lines files, a record (a line) at a time: the `text_column` of each record that starts in the range
+    (the line under way at its start belongs to the range before); a blank line is passed over."""
+
+    kind = "JSON Lines"
+
+    def __init__(self, text_column: str, tokens: "_DocumentTokens | None" = None):
+        super().__init__(tokens)
+        self.text_column = text_column
+
+    def texts(self, row: dict):
+        with open(row["path"], "rb") as file:
+            file.seek(max(row["start"] - 1, 0))
+            if row["start"]:
+                file.readline()
+            while (offset := file.tell()) < row["end"] and (line := file.readline()):
+                if line.strip():
+                    yield _record_text(line, self.text_column, row["path"], offset), True
+
+
+class _TextPieces(_FileReader):
+    """Text files, each one document, in pieces: a range's piece runs from the first line break after a
+    printable ASCII character at or after its start to the first one at or after its end (`_next_cut`).
+
+    Byte-level BPE as GPT-2's starts a new word at every such point (no word of its regex spans a character and
+    a following line break, and none looks behind), and a character tokenizer at every character, so the pieces
+    encode to exactly the ids of the whole text (`tokenize_corpus` joins them again for any other tokenizer). The
+    cut is a character boundary: ASCII bytes never occur inside a longer UTF-8 sequence."""
+
+    kind = "text"
+    pieces = True
+
+    def texts(self, row: dict):
+        with open(row["path"], "rb") as file:
+            first, last = _next_cut(file, row["start"]), _next_cut(file, row["end"])
+            file.seek(first)
+            data = file.read(last - first)
+        try:
+            yield data.decode("utf-8"), last == row["size"]
+        except UnicodeDecodeError:
+            check_utf8(row["path"])  # names the file and the byte
+            raise
+
+
+_CUT = re.compile(rb"[\x21-\x7e]\n")
+
+
+def _next_cut(file, offset: int, block: int = 2**16) -> int:
+    """The offset of the first line break after a printable ASCII character at or after `offset` in `file` (0
+    for 0, the end of the file if there is none): where `_TextPieces` cuts."""
+    if offset == 0:
+        return 0
+    file.seek(offset - 1)  # the character before a line break at `offset` decides
+    position, data = offset - 1, file.read(block)
+    while len(data) > 1:
+        if match := _CUT.search(data):
+            return position + match.start() + 1
+        position += len(data) - 1
+        data = data[-1:] + file.read(block)
+    return position + len(data)
+
+
+def _all_json_lines(files: list[str]) -> bool:
+    return all(Path(f).suffix.lower() in (".json", ".jsonl") and starts_with_a_record_line(f) for f in files)
+
+
+def _all_text(files: list[str]) -> bool:
+    return {Path(f).suffix.lower() for f in files} <= TEXT_SUFFIXES
 
 
 def _record_text(line: bytes, text_column: str, path: str, offset: int) -> str:
@@ -290,22 +322,23 @@ def tokenize_corpus(corpus: Dataset | str | os.PathLike, tokenizer, num_proc: in
     """Every document's token ids followed by `<|endoftext|>`, in an `input_ids` column of `storage_dtype`.
 
     `corpus` is a `Dataset` of documents (`load_corpus`) or a source as `load_corpus` takes it, `text_column`
-    naming its text: JSON Lines files are then tokenized where they lie, read once, their text never copied into
-    Arrow (`_JsonLinesRecords`), and any other source is loaded first. Written once to datasets' cache (file
-    corpora; a second call with the same corpus and tokenizer reads it back in a moment). `num_proc` defaults to
-    every core for corpora past a few tens of MB.
+    naming its text: JSON Lines files, and text files for a tokenizer that `_TextPieces` can cut for, are then
+    tokenized where they lie, read once by every core, their text never copied into Arrow (`_FileReader`); any
+    other source is loaded first. Written once to datasets' cache (file corpora; a second call with the same
+    corpus and tokenizer reads it back in a moment). `num_proc` defaults to every core past a few tens of MB.
     """
     dtype = storage_dtype(tokenizer, dtype).name
     if not isinstance(corpus, Dataset):
         files = None if str(corpus) == PYTHON_DOCS else data_files(corpus, "Corpus")
-        if not files or not _all_json_lines(files):
+        reader = _reader_in_place(files, text_column, _DocumentTokens(tokenizer, dtype))
+        if reader is None:
             return tokenize_corpus(load_corpus(corpus, text_column), tokenizer, num_proc, dtype)
-        tokens = _read_json_lines(files, _JsonLinesRecords(text_column, _DocumentTokens(tokenizer, dtype)), num_proc)
+        tokens = _read_in_ranges(files, reader, num_proc)
         if len(tokens) == 0:
-            raise ValueError(f"Corpus {corpus} is empty: its {len(files)} file(s) hold no records.")
+            raise ValueError(f"Corpus {corpus} is empty: its {len(files)} file(s) hold no text.")
         return tokens
     if "document_end" in corpus.column_names and not starts_words_at_line_breaks(tokenizer):
-        corpus = Dataset.from_generator(_whole_documents, gen_kwargs={"pieces": corpus})  # see `_pieces`
+        corpus = Dataset.from_generator(_whole_documents, gen_kwargs={"pieces": corpus})  # see `_TextPieces`
     if num_proc is None:
         num_proc = os.cpu_count() if corpus.data.nbytes >= _BIG_CORPUS and len(corpus) > 1 else None
     megabytes = corpus.data.nbytes / 2**20
@@ -318,8 +351,17 @@ def tokenize_corpus(corpus: Dataset | str | os.PathLike, tokenizer, num_proc: in
         desc=f"Tokenizing {len(corpus):,} documents ({megabytes:,.0f} MB)").with_format(None)
 
 
+def _reader_in_place(files: list[str] | None, text_column: str, tokens: "_DocumentTokens") -> "_FileReader | None":
+    """The reader that tokenizes `files` where they lie, or None where they are to be loaded first."""
+    if files and _all_json_lines(files):
+        return _JsonLinesRecords(text_column, tokens)
+    if files and _all_text(files) and starts_words_at_line_breaks(tokens.tokenizer):
+        return _TextPieces(tokens)
+    return None
+
+
 def _whole_documents(pieces: Dataset):
-    """The documents of a corpus read in pieces (`_pieces`), each joined whole again."""
+    """The documents of a corpus read in pieces (`_TextPieces`), each joined whole again."""
     parts = []
     for batch in pieces.iter(batch_size=64):
         for text, end in zip(batch["text"], batch["document_end"]):

@@ -294,6 +294,21 @@ def test_a_big_text_file_is_read_in_pieces_that_encode_as_the_whole(tmp_path, sm
     assert starts_words_at_line_breaks(tokenizer)
     stream = TokenStream(tokenize_corpus(corpus, tokenizer, num_proc=2))
     assert stream[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT)
+    (tmp_path / "small.txt").write_text("A small second document.\n")
+    in_place = tokenize_corpus(tmp_path, tokenizer)  # tokenized where it lies, by every core
+    assert len(in_place.cache_files) == 2 and in_place.column_names == ["input_ids", "document_end"]
+    assert in_place["document_end"] == [*corpus["document_end"], True]
+    assert TokenStream(in_place)[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT, "A small second document.\n")
+
+
+def test_a_text_piece_ends_at_the_first_line_break_after_a_printable_character(tmp_path):
+    data = b"ab\n\n \n\xc3\xa9\nx \ncd\nef\n\r\n"  # 20 bytes; a cut only before the line breaks at 2, 14, 17
+    path = tmp_path / "t.txt"
+    path.write_bytes(data)
+    expected = [0, 2, 2, *[14] * 12, 17, 17, 17, 20, 20, 20]
+    with open(path, "rb") as file:
+        for block in (2, 3, 64):  # a match across the blocks read, or inside one
+            assert [corpus_module._next_cut(file, offset, block) for offset in range(21)] == expected
 
 
 def test_a_tokenizer_that_could_split_differently_gets_the_documents_whole(tmp_path, small_pieces):
@@ -304,8 +319,16 @@ def test_a_tokenizer_that_could_split_differently_gets_the_documents_whole(tmp_p
     assert not starts_words_at_line_breaks(tokenizer)
     (tmp_path / "a.txt").write_text(AWKWARD_TEXT)
     (tmp_path / "b.txt").write_text("A small second document.\n")
-    stream = TokenStream(tokenize_corpus(load_corpus(tmp_path), tokenizer))
-    assert stream[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT, "A small second document.\n")
+    for corpus in (load_corpus(tmp_path), tmp_path):  # a source too is loaded whole for such a tokenizer
+        stream = TokenStream(tokenize_corpus(corpus, tokenizer))
+        assert stream[:].tolist() == whole_file_ids(tokenizer, AWKWARD_TEXT, "A small second document.\n")
+
+
+def test_a_big_text_file_that_is_not_utf8_is_named_when_tokenized_where_it_lies(tmp_path, small_pieces, chars):
+    path = tmp_path / "big.txt"
+    path.write_bytes(AWKWARD_TEXT.encode() + b"caf\xe9\n" + AWKWARD_TEXT.encode())
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text: byte {len(AWKWARD_TEXT.encode()) + 3} is 0xe9"):
+        tokenize_corpus(path, chars)
 
 
 def test_shuffling_keeps_a_document_read_in_pieces_whole(tmp_path, small_pieces):
@@ -316,6 +339,11 @@ def test_shuffling_keeps_a_document_read_in_pieces_whole(tmp_path, small_pieces)
     every_order = {"".join(order): order for order in itertools.permutations(texts)}
     orders = {every_order["".join(_shuffled(corpus, seed)["text"])] for seed in range(6)}  # each document whole
     assert len(orders) > 1  # and the documents do move
+    tokenizer = train_tokenizer(texts, kind="char")
+    for seed in range(3):  # tokenized where they lie, then shuffled: the stream of the texts shuffled first
+        shuffled_first = TokenStream(tokenize_corpus(_shuffled(corpus, seed), tokenizer))[:].tolist()
+        windows = build_lm_dataset(tmp_path, tokenizer, 16, seed=seed, validation_fraction=0)["train"][:]["input_ids"]
+        assert windows == [shuffled_first[i : i + 16] for i in range(0, len(shuffled_first) - 15, 16)]
 
 
 def _json_lines(records) -> str:
