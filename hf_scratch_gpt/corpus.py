@@ -1,11 +1,12 @@
 """Pretraining corpora (chapter 2) of any size, sampled with `datasets`.
 
-A corpus is read by `datasets` (`load_corpus`), tokenized once into its Arrow cache as the smallest integer type
-that holds the vocabulary (`tokenize_corpus`: 2 bytes a token for GPT-2, against ~36 for a Python int), and read
-back as one stream of tokens in place (`TokenStream`). A training window is only a start offset into that
-stream: its tokens are sliced out when a batch is drawn (`build_lm_dataset`), so memory does not grow with the
-corpus. A corpus larger than the disk, or one straight from the Hub, is streamed instead and cut into windows
-on the fly (`stream_lm_dataset`), resumably.
+A corpus is read by `datasets` (`load_corpus`; JSON Lines and large text files in byte ranges by every core,
+`_FileReader`), tokenized once into its Arrow cache as the smallest integer type that holds the vocabulary
+(`tokenize_corpus`: 2 bytes a token for GPT-2, against ~36 for a Python int; files given by their path are
+tokenized where they lie, their text never copied), and read back as one stream of tokens in place
+(`TokenStream`). A training window is only a start offset into that stream: its tokens are sliced out when a
+batch is drawn (`build_lm_dataset`), so memory does not grow with the corpus. A corpus larger than the disk, or
+one straight from the Hub, is streamed instead and cut into windows on the fly (`stream_lm_dataset`), resumably.
 """
 
 import collections
@@ -33,8 +34,8 @@ from .tokenization import batch_encoder, check_utf8, starts_words_at_line_breaks
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
 _BIG_CORPUS = 32 * 2**20  # bytes of text from which tokenizing in every core pays for starting the processes
-PIECE_BYTES = 16 * 2**20  # files are read in byte ranges of this size by every core (`_file_ranges`); a text file
-# larger than this is read in pieces of about this size (`_TextPieces`)
+PIECE_BYTES = 16 * 2**20  # files are read in byte ranges of this size (`_file_ranges`), text files in pieces of about
+# this size (`_TextPieces`)
 TEXT_SUFFIXES = {".txt", ".text", ".md", ""}
 
 
@@ -59,7 +60,7 @@ def load_corpus(source: str | os.PathLike = PYTHON_DOCS, text_column: str = "tex
         for f in files:
             check_utf8(f)
         if not streaming and any(os.path.getsize(f) > PIECE_BYTES for f in files):
-            # Each file is still one document, read in pieces: never whole in memory, read and tokenized by every core.
+            # Each file is still one document, in pieces: never whole in memory, read and tokenized by every core.
             corpus = _read_in_ranges(files, _TextPieces(), num_proc=None)
         else:
             corpus = load_dataset("text", data_files=files, split="train", sample_by="document", streaming=streaming)
