@@ -34,8 +34,9 @@ from .tokenization import batch_encoder, check_utf8, starts_words_at_line_breaks
 PYTHON_DOCS = "python-docs"
 TOKEN_DTYPES = ("uint16", "uint32")
 _BIG_CORPUS = 32 * 2**20  # bytes of text from which tokenizing in every core pays for starting the processes
-PIECE_BYTES = 16 * 2**20  # files are read in byte ranges of this size (`_file_ranges`), text files in pieces of about
-# this size (`_TextPieces`)
+PIECE_BYTES = 4 * 2**20  # files are read in byte ranges of this size (`_file_ranges`), text files in pieces of about
+# this size (`_TextPieces`). A worker holds one range's text and ids at a time: with 16 MB ranges, preparing 1 GB of
+# JSON Lines peaked at 1.03 GB (PSS), growing with the corpus; with 4 MB, 0.70 GB at 100 MB and 1 GB, as fast.
 TEXT_SUFFIXES = {".txt", ".text", ".md", ""}
 
 
